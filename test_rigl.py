@@ -1,0 +1,654 @@
+"""Tests of the claims rigl.py makes: run with `python -m pytest -q`."""
+
+import math
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import rigl
+from models import MODEL_NAMES_HELP, Bottleneck, WideBasicBlock, build_model
+from rigl import Sparsity, SparsityConfig
+
+SPARSE_METHODS = ["rigl", "set", "snfs", "static"]
+
+
+def small_net() -> nn.Module:
+    """A few conv and linear layers of different shapes, fast on CPU."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 16, 1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def sgd(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+def train(model, optimizer, sparsity, steps, batch=8):
+    """The README's training loop on random data."""
+    for _ in range(steps):
+        x, y = torch.randn(batch, 3, 8, 8), torch.randint(0, 10, (batch,))
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        if not sparsity.step():
+            optimizer.step()
+        sparsity.apply_masks()
+
+
+def wrn_shapes() -> dict[str, torch.Size]:
+    return {name: w.shape for name, w in rigl.masked_weights(build_model("wrn-22-2", num_classes=10)).items()}
+
+
+# --- layer densities ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("distribution", ["erk", "er"])
+@pytest.mark.parametrize("density", [0.05, 0.1, 0.2, 0.5])
+def test_erdos_renyi_budget_and_shape_of_solution(distribution, density):
+    shapes = wrn_shapes()
+    cfg = SparsityConfig(density=density, distribution=distribution)
+    densities = rigl.layer_densities(shapes, cfg, dense_layers=())
+    numel = {n: math.prod(s) for n, s in shapes.items()}
+    counts = {n: rigl.active_count(d, numel[n]) for n, d in densities.items()}
+    # The budget: Σ active = d · Σ n, up to the rounding of one weight per layer.
+    assert abs(sum(counts.values()) - density * sum(numel.values())) <= len(shapes)
+    # The solution's shape: sparse layers at ε · score_l with one ε; dense ones have the largest scores.
+    score = rigl.erk_score if distribution == "erk" else rigl.er_score
+    sparse = [n for n, d in densities.items() if d < 1]
+    eps = {densities[n] / score(shapes[n]) for n in sparse}
+    assert max(eps) - min(eps) < 1e-9 * max(eps)
+    dense = [n for n in shapes if n not in sparse]
+    if dense:
+        assert min(score(shapes[n]) for n in dense) >= max(score(shapes[n]) for n in sparse)
+    assert all(0 < densities[n] <= 1 for n in shapes)
+
+
+@pytest.mark.parametrize("density, expected_shortcuts", [(0.2, 3), (0.1, 2)])
+def test_erk_dense_layers_of_wrn_22_2_are_the_reference_ones(density, expected_shortcuts):
+    """rigl-reference.md Sec. 3: at d = 0.2 conv1, all three 1x1 shortcuts and the linear layer
+    are dense; at d = 0.1 conv1, two of the shortcuts and the linear layer."""
+    shapes = wrn_shapes()
+    densities = rigl.layer_densities(shapes, SparsityConfig(density=density), dense_layers=())
+    dense = [n for n, d in densities.items() if d >= 1]
+    names = list(shapes)
+    shortcuts = [n for n in dense if shapes[n][2:] == (1, 1)]
+    assert names[0] in dense and names[-1] in dense
+    assert len(shortcuts) == expected_shortcuts
+    assert len(dense) == 2 + expected_shortcuts
+
+
+def test_uniform_keeps_the_first_layer_dense_outside_the_budget():
+    model = build_model("wrn-22-2", num_classes=10)
+    sparsity = Sparsity(model, None, SparsityConfig(density=0.1, distribution="uniform"), 100)
+    rows = sparsity.layer_stats()
+    assert rows[0]["name"] == "conv1.weight" and rows[0]["density"] == 1.0
+    for row in rows[1:]:
+        assert row["active"] == round(0.1 * row["total"])
+    assert sparsity.dense_layers == ("conv1.weight",)
+
+
+def test_dense_layers_override_and_unknown_names():
+    model = small_net()
+    cfg = SparsityConfig(density=0.2, distribution="uniform", dense_layers=("4", "10.weight"))
+    sparsity = Sparsity(model, None, cfg, 100)
+    assert set(sparsity.dense_layers) == {"4.weight", "10.weight"}
+    assert "4.weight" not in sparsity.masks and "0.weight" in sparsity.masks  # first layer now sparse
+    with pytest.raises(ValueError, match="dense_layers names no masked layer: \\['nope'\\]"):
+        Sparsity(model, None, SparsityConfig(dense_layers=("nope",)), 100)
+
+
+# --- masks ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", SPARSE_METHODS)
+def test_exact_active_counts_after_init_and_50_updates(method):
+    model = small_net()
+    optimizer = sgd(model)
+    cfg = SparsityConfig(method=method, density=0.3, distribution="erk", update_interval=2, t_end=1.0)
+    sparsity = Sparsity(model, optimizer, cfg, total_steps=101)
+    expected = {n: rigl.active_count(sparsity.densities[n], w.numel()) for n, w in sparsity.weights.items()}
+    counts = {r["name"]: r["active"] for r in sparsity.layer_stats()}
+    assert counts == expected
+    assert len(sparsity.masks) >= 3  # the test means something only if layers are sparse
+
+    updates = 0
+    for _ in range(100):
+        train(model, optimizer, sparsity, 1)
+        updates += sparsity.last_update["step"] == sparsity.step_count
+        counts = {r["name"]: r["active"] for r in sparsity.layer_stats()}
+        nonzero = {n: int((w != 0).sum()) for n, w in sparsity.weights.items()}
+        if method == "snfs":  # SNFS moves budget between layers, never the global count
+            assert sum(counts.values()) == sum(expected.values())
+        else:
+            assert counts == expected
+        assert all(nonzero[n] <= counts[n] for n in counts)
+    assert sparsity.step_count == 100
+    if method == "static":
+        assert updates == 0
+    else:
+        assert updates == 50
+
+
+@pytest.mark.parametrize("method", ["rigl", "set", "static"])
+def test_masked_weights_and_their_momentum_stay_exactly_zero(method):
+    model = small_net()
+    optimizer = sgd(model)
+    cfg = SparsityConfig(method=method, density=0.2, update_interval=3, t_end=1.0)
+    sparsity = Sparsity(model, optimizer, cfg, total_steps=30)
+    for _ in range(30):
+        train(model, optimizer, sparsity, 1)
+        for name, mask in sparsity.masks.items():
+            weight = sparsity.weights[name]
+            assert torch.all(weight[~mask] == 0), name
+            buffer = optimizer.state[weight].get("momentum_buffer")
+            if buffer is not None:
+                assert torch.all(buffer[~mask] == 0), name
+
+
+def test_snfs_keeps_dense_momentum_but_sparse_weights():
+    model = small_net()
+    optimizer = sgd(model)
+    sparsity = Sparsity(model, optimizer, SparsityConfig(method="snfs", density=0.2), total_steps=100)
+    train(model, optimizer, sparsity, 5)
+    name, mask = next(iter(sparsity.masks.items()))
+    weight = sparsity.weights[name]
+    assert torch.all(weight[~mask] == 0)
+    assert (optimizer.state[weight]["momentum_buffer"][~mask] != 0).float().mean() > 0.5
+
+
+def slow_rigl_update(weight, grad, mask, k):
+    """Drop the k active weights of smallest |w|, then grow the k unkept ones of largest |g|, by
+    sorting Python lists (magnitudes are distinct, so no ties)."""
+    w, g, m = weight.flatten().tolist(), grad.flatten().tolist(), mask.flatten().tolist()
+    active = sorted((i for i in range(len(w)) if m[i]), key=lambda i: abs(w[i]))
+    kept = set(active[k:])
+    candidates = sorted((i for i in range(len(w)) if i not in kept), key=lambda i: -abs(g[i]))
+    new = kept | set(candidates[:k])
+    return torch.tensor([i in new for i in range(len(w))]).view_as(mask)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rigl_drops_smallest_weights_and_grows_largest_gradients(seed):
+    torch.manual_seed(seed)
+    layer = nn.Linear(40, 30, bias=False)
+    sparsity = Sparsity(layer, None, SparsityConfig(density=0.25, seed=seed), total_steps=100)
+    mask = sparsity.masks["weight"]
+    layer.weight.grad = torch.randn_like(layer.weight)
+    alpha = 0.3
+    k = math.floor(alpha * int(mask.sum()))
+    expected = slow_rigl_update(layer.weight.detach(), layer.weight.grad, mask, k)
+    sparsity.update_masks(alpha)
+    assert torch.equal(sparsity.masks["weight"], expected)
+
+
+def test_snfs_grows_largest_momentum_and_moves_budget_to_the_layer_with_larger_momentum():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 30, bias=False), nn.Linear(30, 30, bias=False))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    cfg = SparsityConfig(method="snfs", density=0.2, dense_layers=())
+    sparsity = Sparsity(model, optimizer, cfg, total_steps=100)
+    old = {n: m.clone() for n, m in sparsity.masks.items()}
+    before = {n: w.detach().clone() for n, w in sparsity.weights.items()}
+    for scale, weight in zip([1.0, 3.0], sparsity.weights.values()):
+        weight.grad = torch.randn_like(weight)  # must be ignored: SNFS grows by momentum
+        optimizer.state[weight]["momentum_buffer"] = torch.randn_like(weight) * scale
+    sparsity.update_masks(0.3)
+    counts = {n: int(m.sum()) for n, m in sparsity.masks.items()}
+    first, second = list(old)
+    moved = counts[second] - int(old[second].sum())
+    assert moved == int(old[first].sum()) - counts[first] > 0
+    # Within a layer: drop the smallest |w|, grow the largest |momentum| among the rest.
+    for name, weight in sparsity.weights.items():
+        n_keep = int(old[name].sum()) - math.floor(0.3 * int(old[name].sum()))
+        kept = torch.zeros(900, dtype=torch.bool)
+        kept[before[name].abs().masked_fill(~old[name], -1).flatten().topk(n_keep).indices] = True
+        momentum = optimizer.state[weight]["momentum_buffer"].abs().flatten()
+        grown = torch.zeros(900, dtype=torch.bool)
+        grown[momentum.masked_fill(kept, -1).topk(counts[name] - n_keep).indices] = True
+        assert torch.equal(sparsity.masks[name], (kept | grown).view(30, 30)), name
+
+
+def test_drop_chooses_among_active_weights_even_when_they_are_zero():
+    """Freshly grown weights are exactly 0, like the masked ones: drop must still keep only
+    active connections."""
+    mask = rigl.random_mask(torch.Size([20, 20]), 100, torch.Generator().manual_seed(0))
+    kept = rigl.drop_mask(torch.zeros(20, 20), mask, 30, torch.Generator().manual_seed(1))
+    assert int(kept.sum()) == 70 and not (kept & ~mask).any()
+
+
+def test_grown_connections_start_at_zero_with_zero_momentum_and_regrown_ones_keep_theirs():
+    """Our choice (TF's): a connection dropped and grown back in one update is not new, so it keeps
+    its value and momentum; a new connection starts at 0 with its momentum reset to 0."""
+    torch.manual_seed(0)
+    layer = nn.Linear(10, 10, bias=False)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+    sparsity = Sparsity(layer, optimizer, SparsityConfig(density=0.5), total_steps=100)
+    mask = sparsity.masks["weight"].clone()
+    with torch.no_grad():
+        layer.weight.copy_(torch.arange(1.0, 101.0).view(10, 10) * mask)
+    buffer = torch.full((10, 10), 7.0)
+    optimizer.state[layer.weight]["momentum_buffer"] = buffer
+    # The smallest active weight will be dropped; give it the largest gradient so it comes back.
+    smallest = torch.where(mask.flatten())[0][0]
+    grad = torch.rand(100) * (~mask.flatten())
+    grad[smallest] = 10.0
+    layer.weight.grad = grad.view(10, 10)
+    sparsity.update_masks(0.2)  # k = 10
+    new = sparsity.masks["weight"]
+    grown = new & ~mask
+    assert int(grown.sum()) == 9  # 10 dropped; 9 new connections plus the one grown back
+    assert torch.all(layer.weight[grown] == 0) and torch.all(buffer[grown] == 0)
+    assert layer.weight.flatten()[smallest] == smallest + 1  # the regrown one kept its value
+    assert buffer.flatten()[smallest] == 7.0                 # ... and its momentum
+    dropped = mask & ~new
+    assert torch.all(layer.weight[dropped] == 0) and torch.all(buffer[dropped] == 0)
+
+
+def test_grown_adam_moments_are_reset():
+    torch.manual_seed(0)
+    layer = nn.Linear(20, 20, bias=False)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
+    sparsity = Sparsity(layer, optimizer, SparsityConfig(density=0.3), total_steps=100)
+    old = sparsity.masks["weight"].clone()
+    layer(torch.randn(4, 20)).sum().backward()
+    optimizer.step()
+    state = optimizer.state[layer.weight]
+    state["exp_avg"].fill_(1.0), state["exp_avg_sq"].fill_(1.0)
+    layer.weight.grad = torch.randn_like(layer.weight)
+    sparsity.update_masks(0.3)
+    grown = sparsity.masks["weight"] & ~old
+    assert grown.any()
+    assert torch.all(state["exp_avg"][grown] == 0) and torch.all(state["exp_avg_sq"][grown] == 0)
+
+
+def test_ties_are_broken_without_index_bias():
+    scores = torch.zeros(1000)
+    picks = [torch.where(rigl.top_k_mask(scores, 10, torch.Generator().manual_seed(s)))[0]
+             for s in range(20)]
+    assert not any(torch.equal(p, torch.arange(10)) for p in picks)
+    assert len({tuple(p.tolist()) for p in picks}) == 20
+    mean_index = torch.cat(picks).float().mean()
+    assert 350 < mean_index < 650  # index bias would put it near 4.5 (or 995)
+    # Unequal scores keep their exact order whatever the shuffle.
+    distinct = torch.randperm(1000).float()
+    assert torch.equal(torch.where(rigl.top_k_mask(distinct, 10, torch.Generator()))[0],
+                       torch.sort(torch.topk(distinct, 10).indices).values)
+
+
+def test_initial_masks_are_seeded_and_exact():
+    a = rigl.random_mask(torch.Size([50, 40]), 123, torch.Generator().manual_seed(1))
+    b = rigl.random_mask(torch.Size([50, 40]), 123, torch.Generator().manual_seed(1))
+    c = rigl.random_mask(torch.Size([50, 40]), 123, torch.Generator().manual_seed(2))
+    assert int(a.sum()) == 123 and torch.equal(a, b) and not torch.equal(a, c)
+
+
+# --- SNFS redistribution ----------------------------------------------------------------------
+
+
+def test_redistribute_is_proportional_exact_and_capped():
+    grow = rigl.redistribute(100, {"a": 1.0, "b": 3.0, "c": 0.0}, {"a": 1000, "b": 1000, "c": 1000})
+    assert grow == {"a": 25, "b": 75, "c": 0}
+    grow = rigl.redistribute(100, {"a": 1.0, "b": 3.0}, {"a": 1000, "b": 40})
+    assert grow == {"a": 60, "b": 40}
+    grow = rigl.redistribute(10, {"a": 1.0, "b": 1.0, "c": 1.0}, {"a": 5, "b": 5, "c": 5})
+    assert sum(grow.values()) == 10 and max(grow.values()) == 4
+
+
+# --- schedule --------------------------------------------------------------------------------
+
+
+def test_cosine_schedule_endpoints():
+    assert rigl.cosine_drop_fraction(0, 0.3, 750) == pytest.approx(0.3)
+    assert rigl.cosine_drop_fraction(375, 0.3, 750) == pytest.approx(0.15)
+    assert rigl.cosine_drop_fraction(750, 0.3, 750) == 0.0
+    assert rigl.cosine_drop_fraction(900, 0.3, 750) == 0.0
+
+
+def test_updates_start_at_delta_t_and_stop_before_t_end():
+    """Documented choice: the first update is on the ΔT-th training step (RR's step ΔT-1 counted
+    from 0); the last strictly before T_end = t_end · total_steps."""
+    model = small_net()
+    optimizer = sgd(model)
+    cfg = SparsityConfig(density=0.3, update_interval=10, t_end=0.5)
+    sparsity = Sparsity(model, optimizer, cfg, total_steps=100)
+    update_steps = []
+    for step in range(1, 101):
+        loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 8, 8)), torch.randint(0, 10, (4,)))
+        optimizer.zero_grad()
+        loss.backward()
+        if sparsity.step():
+            update_steps.append(step)
+            alpha = rigl.cosine_drop_fraction(step, 0.3, 50)
+            assert sparsity.last_update["drop_fraction"] == pytest.approx(alpha)
+        else:
+            optimizer.step()
+        sparsity.apply_masks()
+    assert sparsity.t_end == 50
+    assert update_steps == [10, 20, 30, 40]
+
+
+# --- checkpoints and configuration ----------------------------------------------------------
+
+
+def test_state_dict_round_trip_restores_masks_counters_and_generator():
+    def run(resume_at=None):
+        torch.manual_seed(0)
+        model = small_net()
+        optimizer = sgd(model)
+        cfg = SparsityConfig(method="set", density=0.3, update_interval=3)
+        sparsity = Sparsity(model, optimizer, cfg, total_steps=40)
+        train(model, optimizer, sparsity, 20)
+        if resume_at:
+            state = {"model": model.state_dict(), "opt": optimizer.state_dict(),
+                     "sparsity": sparsity.state_dict(), "rng": torch.get_rng_state()}
+            model, optimizer = small_net(), None
+            optimizer = sgd(model)
+            sparsity = Sparsity(model, optimizer, SparsityConfig(method="set", density=0.3,
+                                                                 update_interval=3, seed=99), 40)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["opt"])
+            sparsity.load_state_dict(state["sparsity"])
+            torch.set_rng_state(state["rng"])
+        train(model, optimizer, sparsity, 20)
+        return sparsity
+    straight, resumed = run(), run(resume_at=20)
+    assert resumed.step_count == straight.step_count == 40
+    assert resumed.last_update == straight.last_update
+    for name in straight.masks:
+        assert torch.equal(straight.masks[name], resumed.masks[name])
+        assert torch.equal(straight.weights[name], resumed.weights[name])
+
+
+def test_load_state_dict_refuses_other_layers():
+    sparsity = Sparsity(small_net(), None, SparsityConfig(), 10)
+    other = Sparsity(nn.Linear(4, 4), None, SparsityConfig(), 10)
+    with pytest.raises(ValueError, match="do not match"):
+        sparsity.load_state_dict(other.state_dict())
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("density", 0.0, "density must satisfy 0 < density <= 1"),
+    ("density", -0.1, "density must satisfy 0 < density <= 1"),
+    ("density", 1.5, "density must satisfy 0 < density <= 1"),
+    ("distribution", "gaussian", "distribution must be one of uniform | er | erk"),
+    ("method", "magic", "method must be one of rigl | set | snfs | static | dense"),
+    ("update_interval", 0, "update_interval must be an integer >= 1"),
+    ("update_interval", 2.5, "update_interval must be an integer >= 1"),
+    ("drop_fraction", -0.1, "drop_fraction must satisfy 0 <= drop_fraction <= 1"),
+    ("drop_fraction", 1.1, "drop_fraction must satisfy 0 <= drop_fraction <= 1"),
+    ("t_end", 0.0, "t_end must satisfy 0 < t_end <= 1"),
+])
+def test_bad_configuration_names_the_field_and_range(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        SparsityConfig(**{field: value})
+
+
+def test_dense_method_has_no_masks_and_never_updates():
+    model = small_net()
+    optimizer = sgd(model)
+    sparsity = Sparsity(model, optimizer, SparsityConfig(method="dense", update_interval=1), 10)
+    assert sparsity.masks == {}
+    before = [p.clone() for p in model.parameters()]
+    train(model, optimizer, sparsity, 3)
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_repr_shows_per_layer_density():
+    text = repr(Sparsity(small_net(), None, SparsityConfig(density=0.3), 10))
+    assert "method=rigl" in text and "0.weight" in text and "total" in text
+    assert len(text.splitlines()) == 1 + 5 + 1  # header, one line per masked layer, total
+
+
+def test_import_rigl_needs_only_torch():
+    """`import rigl` must work where only torch is installed: block everything else we use."""
+    blocked = ["typer", "rich", "fvcore", "torchvision", "models", "flops"]
+    code = ("import sys, importlib.abc\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            f"        if name.split('.')[0] in {blocked!r}: raise ImportError('blocked ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import rigl\n"
+            "rigl.Sparsity(rigl.nn.Linear(4, 4), None, rigl.SparsityConfig(), 10)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=pathlib.Path(rigl.__file__).parent,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+# --- models.py --------------------------------------------------------------------------------
+
+
+def conv_linear_weights(model: nn.Module) -> int:
+    return sum(m.weight.numel() for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+def count_macs(model: nn.Module, input_shape) -> int:
+    """Multiply-adds of every Conv2d and Linear in one forward of batch 1."""
+    macs = 0
+
+    def conv_hook(m, inputs, out):
+        nonlocal macs
+        out_c, out_h, out_w = out.shape[1:]
+        kh, kw = m.kernel_size
+        macs += out_h * out_w * out_c * (m.in_channels // m.groups) * kh * kw
+
+    def linear_hook(m, inputs, out):
+        nonlocal macs
+        macs += m.in_features * m.out_features
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(linear_hook))
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    for h in hooks:
+        h.remove()
+    return macs
+
+
+# ----------------------------------------------------------------------------- WRN
+
+
+def test_wrn_22_2_weight_count_and_shortcuts():
+    model = build_model("wrn-22-2", 10)
+    assert conv_linear_weights(model) == 1_076_912
+    shortcuts = [m for m in model.modules()
+                 if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    assert len(shortcuts) == 3
+    assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert model.fc.bias is not None
+
+
+def test_wrn_output_shape_and_depth():
+    model = build_model("wrn-22-2", 10).eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # D = 6n + 4: 22 -> 3 blocks per group; 16 -> 2.
+    assert [len(g) for g in (model.group1, model.group2, model.group3)] == [3, 3, 3]
+    wrn16 = build_model("wrn-16-8", 100).eval()
+    assert [len(g) for g in (wrn16.group1, wrn16.group2, wrn16.group3)] == [2, 2, 2]
+    assert wrn16.fc.in_features == 512
+    assert wrn16(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+
+
+def test_wrn_28_10_builds():
+    model = build_model("wrn-28-10", 10)
+    assert model.fc.in_features == 640
+    assert [len(g) for g in (model.group1, model.group2, model.group3)] == [4, 4, 4]
+
+
+def test_wrn_width_1_has_identity_first_group():
+    # With K = 1 the first group is 16 -> 16 at stride 1: no projection needed.
+    model = build_model("wrn-10-1", 10)
+    assert model.group1[0].shortcut is None
+    assert model.group2[0].shortcut is not None
+
+
+def test_wrn_dropout_default():
+    drops = [m for m in build_model("wrn-22-2", 10).modules() if isinstance(m, nn.Dropout)]
+    assert len(drops) == 9 and all(d.p == 0.3 for d in drops)
+
+
+def test_wrn_projection_uses_preactivated_input():
+    block = WideBasicBlock(16, 32, 2, dropout=0.0).eval()
+    with torch.no_grad():  # non-trivial BN so pre-activation differs from input
+        block.bn1.running_mean.uniform_(-1, 1)
+        block.bn1.bias.uniform_(-1, 1)
+    seen = {}
+    block.shortcut.register_forward_hook(lambda m, inp, out: seen.update(inp=inp[0]))
+    x = torch.randn(2, 16, 8, 8)
+    block(x)
+    expected = torch.relu(block.bn1(x))
+    assert torch.allclose(seen["inp"], expected)
+    assert not torch.allclose(seen["inp"], x)
+
+
+def test_wrn_identity_block_adds_raw_input():
+    block = WideBasicBlock(8, 8, 1, dropout=0.0).eval()
+    with torch.no_grad():
+        block.conv2.weight.zero_()  # residual branch contributes nothing
+    x = torch.randn(2, 8, 4, 4)
+    assert torch.allclose(block(x), x)
+
+
+def test_wrn_init():
+    model = build_model("wrn-22-2", 10)
+    w = model.group3[0].conv1.weight  # 64 -> 128, 3x3: fan_out = 2 x fan_in
+    fan_out = w.shape[0] * 9
+    assert abs(w.std().item() / math.sqrt(2 / fan_out) - 1) < 0.05
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.all(b.weight == 1) and torch.all(b.bias == 0) for b in bns)
+    assert torch.all(model.fc.bias == 0)
+
+
+def test_wrn_22_2_macs():
+    macs = count_macs(build_model("wrn-22-2", 10), (3, 32, 32))
+    assert macs == 157_730_048
+    assert abs(2 * macs / 3.15e8 - 1) < 0.01
+
+
+def test_wrn_width_scale_half():
+    full = build_model("wrn-22-2", 10)
+    half = build_model("wrn-22-2", 10, width_scale=0.5)
+    assert half.conv1.in_channels == 3 and half.conv1.out_channels == 8
+    assert half.group1[0].conv1.out_channels == 16
+    assert half.group2[0].conv1.out_channels == 32
+    assert half.group3[0].shortcut.out_channels == 64
+    assert half.fc.in_features == 64 and half.fc.out_features == 10
+    # Hidden 3x3 convs quarter exactly; the stem and fc only halve
+    # (their 3 input channels / 10 classes are not scaled).
+    assert half.group3[1].conv1.weight.numel() * 4 == full.group3[1].conv1.weight.numel()
+    expected = (full.conv1.weight.numel() // 2 + full.fc.weight.numel() // 2
+                + (conv_linear_weights(full) - full.conv1.weight.numel()
+                   - full.fc.weight.numel()) // 4)
+    assert conv_linear_weights(half) == expected
+    assert half(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_width_scale_rounds_and_floors_at_one():
+    model = build_model("wrn-10-1", 10, width_scale=0.01)
+    assert model.conv1.out_channels == 1 and model.fc.in_features == 1
+    # 16 * 0.3 = 4.8 -> 5; 64 * 0.3 = 19.2 -> 19
+    model = build_model("wrn-10-1", 10, width_scale=0.3)
+    assert model.conv1.out_channels == 5 and model.fc.in_features == 19
+
+
+# ----------------------------------------------------------------------------- ResNet-50
+
+
+def test_resnet50_cifar_shape_and_stem():
+    model = build_model("resnet50-cifar", 100).eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, nn.Identity)
+    assert [len(s) for s in (model.layer1, model.layer2, model.layer3, model.layer4)] == [3, 4, 6, 3]
+
+
+def test_resnet50_v15_stride_on_3x3():
+    model = build_model("resnet50-cifar", 10)
+    for stage in (model.layer2, model.layer3, model.layer4):
+        assert stage[0].conv1.stride == (1, 1)
+        assert stage[0].conv2.stride == (2, 2)
+        assert stage[0].downsample[0].stride == (2, 2)
+    assert model.layer1[0].conv2.stride == (1, 1)
+
+
+def test_resnet50_cifar_zero_init_last_bn():
+    model = build_model("resnet50-cifar", 100)
+    blocks = [m for m in model.modules() if isinstance(m, Bottleneck)]
+    assert len(blocks) == 16
+    for b in blocks:
+        assert torch.all(b.bn3.weight == 0)
+        assert torch.all(b.bn1.weight == 1) and torch.all(b.bn2.weight == 1)
+    assert torch.all(model.bn1.weight == 1)
+
+
+def test_resnet50_imagenet_no_zero_init():
+    model = build_model("resnet50", 1000)
+    assert all(torch.all(b.bn3.weight == 1)
+               for b in model.modules() if isinstance(b, Bottleneck))
+
+
+def test_resnet50_cifar_macs():
+    macs = count_macs(build_model("resnet50-cifar", 100), (3, 32, 32))
+    assert abs(2 * macs / 2.59e9 - 1) < 0.02
+
+
+def test_resnet50_imagenet_param_count_and_forward():
+    model = build_model("resnet50", 1000)
+    assert sum(p.numel() for p in model.parameters()) == 25_557_032
+    assert model.conv1.kernel_size == (7, 7) and model.conv1.stride == (2, 2)
+    assert isinstance(model.maxpool, nn.MaxPool2d)
+    assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_resnet50_matches_torchvision():
+    torchvision = pytest.importorskip("torchvision")
+    ours = build_model("resnet50", 1000)
+    theirs = torchvision.models.resnet50()
+    assert ([(n, p.shape) for n, p in ours.named_parameters()]
+            == [(n, p.shape) for n, p in theirs.named_parameters()])
+    # Same names and shapes, so torchvision state dicts load directly.
+    ours.load_state_dict(theirs.state_dict())
+
+
+def test_resnet50_width_scale():
+    model = build_model("resnet50-cifar", 10, width_scale=0.5)
+    assert model.conv1.in_channels == 3 and model.conv1.out_channels == 32
+    assert model.layer1[0].conv1.out_channels == 32
+    assert model.layer1[0].conv3.out_channels == 128
+    assert model.layer4[0].conv2.out_channels == 256
+    assert model.fc.in_features == 1024 and model.fc.out_features == 10
+    assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+# ----------------------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize("name", ["wrn-20-2", "wrn-4-2", "wrn-22-0", "wrn-22-2.5", "wrn-22"])
+def test_invalid_wrn_names(name):
+    with pytest.raises(ValueError, match=r"\(D - 4\) % 6 == 0") as info:
+        build_model(name, 10)
+    assert "resnet50-cifar" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet18", "resnet50-imagenet", ""])
+def test_unknown_names(name):
+    with pytest.raises(ValueError, match="unknown model name") as info:
+        build_model(name, 10)
+    assert MODEL_NAMES_HELP in str(info.value)
+
+
+def test_invalid_width_scale():
+    with pytest.raises(ValueError, match="width_scale"):
+        build_model("wrn-22-2", 10, width_scale=0.0)
