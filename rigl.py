@@ -31,9 +31,12 @@ This part of the file (configuration, layer densities, masks, schedule, drop and
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from dataclasses import dataclass
+import os
+import time
+from dataclasses import asdict, dataclass, replace
 from typing import Literal, get_args
 
 import torch
@@ -218,6 +221,19 @@ def cosine_drop_fraction(step: int, drop_fraction: float, t_end: int) -> float:
     if step >= t_end:
         return 0.0
     return drop_fraction / 2 * (1 + math.cos(math.pi * step / t_end))
+
+
+def pruning_density(step: int, final_density: float, t_start: int, t_end: int) -> float:
+    """Gradual magnitude pruning (Zhu & Gupta 2017): density 1 until t0, then
+    s(t) = s_f + (s_i - s_f)(1 - (t - t0)/(t1 - t0))³ with s_i = 0, and d_f from t1 on."""
+    if step <= t_start:
+        return 1.0
+    if step >= t_end:
+        return final_density
+    s_f = 1.0 - final_density
+    # s(t) = s_f + (0 - s_f) · (1 - (t - t0)/(t1 - t0))³
+    sparsity = s_f - s_f * (1.0 - (step - t_start) / (t_end - t_start)) ** 3
+    return 1.0 - sparsity
 
 
 def is_update_step(step: int, update_interval: int, t_end: int) -> bool:
@@ -483,3 +499,581 @@ class Sparsity:
         self.generator.set_state(state["generator"])
         self.last_update = dict(state["last_update"])
         self.apply_masks()
+
+
+# =============================================================================================
+# Training: the report's recipes, data, one visible loop, checkpoints
+# Everything below imports torchvision, rich and typer inside the functions that need them.
+# =============================================================================================
+
+Dataset = Literal["cifar10", "cifar100", "imagenet", "synthetic"]
+Precision = Literal["fp32", "bf16"]
+REPORT_STEPS = 87_891  # 250 epochs of 45,000 images at batch 128, the report's CIFAR run
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Fields left at None take the dataset's recipe (RECIPES below)."""
+
+    model: str | None = None
+    """Network from models.py: wrn-D-K, resnet50-cifar or resnet50. Recipe: wrn-22-2 (CIFAR-10),
+    resnet50-cifar (CIFAR-100), resnet50 (ImageNet), wrn-10-1 (synthetic)."""
+    dataset: Dataset = "cifar10"
+    """cifar10 | cifar100 | imagenet (an ImageFolder tree with train/ and val/) | synthetic."""
+    data_dir: str = "data"
+    """Directory holding (or receiving) the dataset."""
+    epochs: int | None = None
+    """Epochs at 1×. Recipe: 250 (CIFAR, report), 100 (ImageNet, paper), 5 (synthetic)."""
+    multiplier: float = 1.0
+    """Train N× longer: epochs, learning-rate milestones and T_end all scale (report's RigL 2×)."""
+    batch_size: int | None = None
+    """Recipe: 128 (CIFAR, report), 256 (ImageNet)."""
+    lr: float | None = None
+    """Peak learning rate. Recipe: 0.1 (CIFAR, report); 0.1 per 256 images (ImageNet, paper)."""
+    momentum: float = 0.9
+    """Nesterov momentum of SGD (report)."""
+    weight_decay: float | None = None
+    """L2 on parameters with ndim > 1 only. Recipe: 5e-4 (CIFAR-10), 1e-4 (CIFAR-100, ImageNet)."""
+    label_smoothing: float | None = None
+    """Recipe: 0 (CIFAR-10), 0.1 (CIFAR-100, ImageNet)."""
+    warmup: float | None = None
+    """Linear warm-up as a fraction of training. Recipe: 0; CIFAR-100 1,760 of 87,891 steps (RR)."""
+    lr_milestones: tuple[float, ...] | None = None
+    """Fractions of training at which lr is multiplied by lr_gamma. Recipe: every 30,000 of the
+    report's 87,891 steps (CIFAR-10), every 20,000 (CIFAR-100), epochs 30/70/90 of 100 (ImageNet)."""
+    lr_gamma: float | None = None
+    """Learning-rate decay factor. Recipe: 0.2 (CIFAR, report), 0.1 (ImageNet)."""
+    val_size: int = 5000
+    """Training images held out for validation (report: 5,000); 0 trains on all 50k (paper Table 1)."""
+    train_subset: int = 0
+    """Train on the first N training images (0: all); for synthetic, the generated training set size."""
+    seed: int = 0
+    """Seeds the initialisation, data order, augmentation and masks."""
+    device: str = "auto"
+    """auto (CUDA when available) | cpu | cuda | cuda:N."""
+    precision: Precision = "fp32"
+    """fp32 | bf16 (autocast on the forward pass)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("dataset", self.dataset, Dataset)
+        _check_choice("precision", self.precision, Precision)
+        for field, low in [("epochs", 1), ("batch_size", 1), ("val_size", 0), ("train_subset", 0)]:
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, int) or value < low):
+                raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")
+        for field in ("multiplier", "lr"):
+            value = getattr(self, field)
+            if value is not None and not value > 0:
+                raise ValueError(f"{field} must be > 0, got {value!r}")
+        if self.lr_milestones is not None:
+            self.lr_milestones = tuple(self.lr_milestones)
+            if not all(0 < m < 1 for m in self.lr_milestones):
+                raise ValueError(f"lr_milestones must be fractions in (0, 1), got {self.lr_milestones}")
+
+
+def _every(interval: int, total: int = REPORT_STEPS) -> tuple[float, ...]:
+    """Milestones 'every `interval` steps' of the report's run, as fractions of training."""
+    return tuple(m / total for m in range(interval, total, interval))
+
+
+RECIPES: dict[str, dict] = {
+    "cifar10": dict(model="wrn-22-2", epochs=250, batch_size=128, lr=0.1, weight_decay=5e-4,
+                    label_smoothing=0.0, warmup=0.0, lr_milestones=_every(30_000), lr_gamma=0.2),
+    "cifar100": dict(model="resnet50-cifar", epochs=250, batch_size=128, lr=0.1, weight_decay=1e-4,
+                     label_smoothing=0.1, warmup=1760 / REPORT_STEPS, lr_milestones=_every(20_000),
+                     lr_gamma=0.2),
+    "imagenet": dict(model="resnet50", epochs=100, batch_size=256, lr=None, weight_decay=1e-4,
+                     label_smoothing=0.1, warmup=0.0, lr_milestones=(0.3, 0.7, 0.9), lr_gamma=0.1),
+    "synthetic": dict(model="wrn-10-1", epochs=5, batch_size=128, lr=0.1, weight_decay=5e-4,
+                      label_smoothing=0.0, warmup=0.0, lr_milestones=_every(30_000), lr_gamma=0.2),
+}
+
+
+def resolve_recipe(cfg: TrainConfig) -> TrainConfig:
+    """Fill every None field from the dataset's recipe; ImageNet's lr is 0.1 × batch / 256."""
+    values = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
+    for field, default in RECIPES[cfg.dataset].items():
+        if values[field] is None:
+            values[field] = default
+    if values["lr"] is None:
+        values["lr"] = 0.1 * values["batch_size"] / 256
+    return TrainConfig(**values)
+
+
+class DataUnavailable(Exception):
+    """The dataset is not on disk and cannot be downloaded."""
+
+
+@dataclass
+class Data:
+    """Images as uint8 tensors N×3×H×W (CIFAR, synthetic) or a folder dataset (ImageNet)."""
+
+    train: tuple
+    val: tuple | None
+    test: tuple
+    num_classes: int
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+def load_data(cfg: TrainConfig) -> Data:
+    if cfg.dataset == "synthetic":
+        images, labels, test = synthetic_images(cfg.train_subset or 5000, cfg.val_size, cfg.seed)
+    elif cfg.dataset == "imagenet":
+        raise DataUnavailable("ImageNet training is not available yet in this version")
+    else:
+        images, labels, test = cifar_images(cfg.dataset, cfg.data_dir)
+    # A fixed split (seed 0), the same for every run: the first val_size of a permutation.
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    val_idx, train_idx = order[:cfg.val_size], order[cfg.val_size:]
+    if cfg.train_subset and cfg.dataset != "synthetic":
+        train_idx = train_idx[:cfg.train_subset]
+    train = (images[train_idx], labels[train_idx])
+    val = (images[val_idx], labels[val_idx]) if cfg.val_size else None
+    pixels = train[0].float()
+    return Data(train, val, test, int(labels.max()) + 1,
+                pixels.mean((0, 2, 3)).view(1, 3, 1, 1), pixels.std((0, 2, 3)).view(1, 3, 1, 1))
+
+
+def cifar_images(name: str, root: str) -> tuple:
+    """CIFAR-10/100 through torchvision, downloaded into `root` when the network allows."""
+    import torchvision
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
+    try:
+        train, test = cls(root, train=True, download=True), cls(root, train=False, download=True)
+    except Exception as error:  # torchvision raises URLError, RuntimeError, OSError offline
+        raise DataUnavailable(
+            f"{name} is not in {root!r} and could not be downloaded ({error}). Put the python "
+            f"version of the dataset in {os.path.join(root, folder)}, or pass --data-dir with the "
+            f"folder that holds it, or run once with network access.") from None
+
+    def tensors(ds):
+        return (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
+                torch.tensor(ds.targets, dtype=torch.long))
+    return (*tensors(train), tensors(test))
+
+
+def synthetic_images(n_train: int, n_val: int, seed: int, classes: int = 10) -> tuple:
+    """A learnable stand-in for CIFAR: each class is a smooth random template plus pixel noise."""
+    g = torch.Generator().manual_seed(1234 + seed)
+    templates = nn.functional.interpolate(torch.randn(classes, 3, 4, 4, generator=g), size=32,
+                                          mode="bilinear", align_corners=False)
+
+    def draw(n):
+        labels = torch.randint(0, classes, (n,), generator=g)
+        x = templates[labels] + 1.5 * torch.randn(n, 3, 32, 32, generator=g)
+        return (128 + 40 * x).clamp(0, 255).to(torch.uint8), labels
+    images, labels = draw(n_train + n_val)
+    return images, labels, draw(2000)
+
+
+def pad_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """CIFAR augmentation on a batch: reflect-pad 4, random 32×32 crop, horizontal flip."""
+    n, c, h, w = x.shape
+    padded = nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    top = torch.randint(0, 2 * pad + 1, (n, 1, 1, 1), generator=generator, device=x.device)
+    left = torch.randint(0, 2 * pad + 1, (n, 1, 1, 1), generator=generator, device=x.device)
+    rows = top + torch.arange(h, device=x.device).view(1, 1, h, 1)
+    cols = left + torch.arange(w, device=x.device).view(1, 1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    crops = padded[batch, torch.arange(c, device=x.device).view(1, c, 1, 1), rows, cols]
+    flip = torch.rand(n, generator=generator, device=x.device) < 0.5
+    return torch.where(flip.view(n, 1, 1, 1), crops.flip(3), crops)
+
+
+def random_resized_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """CIFAR-100 augmentation (RR): RandomResizedCrop(32), scale (0.08, 1), ratio (3/4, 4/3), flip."""
+    from torchvision.ops import roi_align
+    n, _, h, w = x.shape
+    area = torch.empty(n, device=x.device).uniform_(0.08, 1.0, generator=generator) * h * w
+    log_ratio = torch.empty(n, device=x.device).uniform_(math.log(3 / 4), math.log(4 / 3),
+                                                         generator=generator)
+    cw = (area * log_ratio.exp()).sqrt().clamp(max=w)
+    ch = (area / log_ratio.exp()).sqrt().clamp(max=h)
+    x0 = torch.rand(n, generator=generator, device=x.device) * (w - cw)
+    y0 = torch.rand(n, generator=generator, device=x.device) * (h - ch)
+    boxes = torch.stack([torch.arange(n, device=x.device, dtype=x.dtype), x0, y0, x0 + cw, y0 + ch], 1)
+    crops = roi_align(x, boxes, output_size=(h, w), aligned=True)
+    flip = torch.rand(n, generator=generator, device=x.device) < 0.5
+    return torch.where(flip.view(n, 1, 1, 1), crops.flip(3), crops)
+
+
+def lr_factor(step: int, total_steps: int, warmup: float, milestones: tuple[float, ...],
+              gamma: float) -> float:
+    """Linear warm-up over the first `warmup` of training, then ×gamma at every milestone passed."""
+    warm = warmup * total_steps
+    if step < warm:
+        return (step + 1) / warm
+    return gamma ** sum(step >= m * total_steps for m in milestones)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with Nesterov momentum; weight decay only on parameters with ndim > 1 (report)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+
+
+@dataclass
+class Run:
+    """Everything a training run holds, so that a checkpoint can save and restore all of it."""
+
+    cfg: TrainConfig
+    sparse_cfg: SparsityConfig
+    data: Data
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    sparsity: Sparsity
+    generator: torch.Generator
+    steps_per_epoch: int
+    epochs: int
+    epoch: int = 0
+    step: int = 0
+    elapsed: float = 0.0
+    history: list | None = None
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "sparsity": self.sparsity.state_dict(),
+                "data_rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed,
+                "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sparsity.load_state_dict(state["sparsity"])
+        self.generator.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
+        self.history = state["history"]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available")
+    return device
+
+
+def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
+    """Data, model, optimizer, learning-rate schedule and masks of a resolved configuration."""
+    from models import build_model
+    device = pick_device(cfg.device)
+    data = load_data(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, num_classes=data.num_classes).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = math.ceil(len(data.train[1]) / cfg.batch_size)
+    epochs = round(cfg.epochs * cfg.multiplier)
+    total = steps_per_epoch * epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, cfg.warmup, cfg.lr_milestones, cfg.lr_gamma))
+    sparsity = Sparsity(model, optimizer, sparse_cfg, total_steps=total)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    # The fast path: the whole dataset lives on the device, augmentation runs there too.
+    data.train, data.test = [(x.to(device), y.to(device)) for x, y in (data.train, data.test)]
+    data.val = (data.val[0].to(device), data.val[1].to(device)) if data.val else None
+    data.mean, data.std = data.mean.to(device), data.std.to(device)
+    return Run(cfg, sparse_cfg, data, device, model, optimizer, scheduler, sparsity, generator,
+               steps_per_epoch, epochs, history=[])
+
+
+def prepare(run: Run, images: torch.Tensor, train: bool) -> torch.Tensor:
+    """uint8 images to normalised floats on the device, augmented for training."""
+    x = images.float()
+    if train:
+        augment = random_resized_crop_flip if run.cfg.dataset == "cifar100" else pad_crop_flip
+        x = augment(x, run.generator)
+    x = (x - run.data.mean) / run.data.std
+    return x.contiguous(memory_format=torch.channels_last) if run.device.type == "cuda" else x
+
+
+@torch.no_grad()
+def evaluate(run: Run, split: tuple | None, batch_size: int = 1000) -> float | None:
+    """Top-1 accuracy (%) on a split; None when the split is empty."""
+    if split is None:
+        return None
+    run.model.eval()
+    correct = 0
+    images, labels = split
+    for start in range(0, len(labels), batch_size):
+        with torch.autocast(run.device.type, torch.bfloat16, enabled=run.cfg.precision == "bf16"):
+            logits = run.model(prepare(run, images[start:start + batch_size], train=False))
+        correct += int((logits.argmax(1) == labels[start:start + batch_size]).sum())
+    run.model.train()
+    return 100.0 * correct / len(labels)
+
+
+def train(run: Run, out, console) -> dict:
+    """The training loop: forward, backward, mask update on update steps, optimizer step, masks
+    re-applied; then evaluation, the epoch's metrics line and a checkpoint."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    model, optimizer, sparsity, cfg = run.model, run.optimizer, run.sparsity, run.cfg
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    images, labels = run.data.train
+    model.train()
+    while run.epoch < run.epochs:
+        started, regrown, loss_sum = time.perf_counter(), 0, torch.zeros((), device=run.device)
+        order = torch.randperm(len(labels), generator=run.generator, device=run.device)
+        with Progress(TextColumn(f"epoch {run.epoch + 1}/{run.epochs}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total} steps  {task.fields[status]}"),
+                      TimeRemainingColumn(), console=console, transient=True) as progress:
+            task = progress.add_task("train", total=run.steps_per_epoch, status="")
+            for i in range(run.steps_per_epoch):
+                batch = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+                x, y = prepare(run, images[batch], train=True), labels[batch]
+                with torch.autocast(run.device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+                    loss = criterion(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if sparsity.step():           # a mask update replaces this optimizer step
+                    regrown += sparsity.last_update["grown"]
+                else:
+                    optimizer.step()
+                sparsity.apply_masks()
+                run.scheduler.step()
+                run.step += 1
+                loss_sum += loss.detach()
+                if i % 20 == 0 or i == run.steps_per_epoch - 1:
+                    rate = (i + 1) * cfg.batch_size / (time.perf_counter() - started)
+                    progress.update(task, completed=i + 1,
+                                    status=f"loss {loss.item():.3f}  {rate:,.0f} img/s")
+        run.elapsed += time.perf_counter() - started
+        run.epoch += 1
+        record = epoch_record(run, float(loss_sum) / run.steps_per_epoch, regrown)
+        run.history.append(record)
+        console.print(format_record(record), soft_wrap=True, highlight=False)
+        save_run_files(run, out)
+    return write_summary(run, out)
+
+
+METRIC_KEYS = ("epoch", "step", "lr", "train_loss", "val_acc", "test_acc", "drop_fraction",
+               "regrown", "elapsed")
+
+
+def epoch_record(run: Run, train_loss: float, regrown: int) -> dict:
+    """One line of metrics.jsonl: the same keys every epoch (README, "Metrics")."""
+    dynamic = run.sparse_cfg.method in ("rigl", "set", "snfs")
+    alpha = cosine_drop_fraction(run.step, run.sparse_cfg.drop_fraction, run.sparsity.t_end)
+    return {"epoch": run.epoch, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
+            "train_loss": train_loss, "val_acc": evaluate(run, run.data.val),
+            "test_acc": evaluate(run, run.data.test), "drop_fraction": alpha if dynamic else 0.0,
+            "regrown": regrown, "elapsed": round(run.elapsed, 3)}
+
+
+def format_record(r: dict) -> str:
+    val = "  n/a" if r["val_acc"] is None else f"{r['val_acc']:5.2f}"
+    return (f"epoch {r['epoch']:>4}  step {r['step']:>7}  lr {r['lr']:.5f}  train loss "
+            f"{r['train_loss']:.4f}  val acc {val}  test acc {r['test_acc']:5.2f}  drop fraction "
+            f"{r['drop_fraction']:.4f}  regrown {r['regrown']:>7}  elapsed {r['elapsed']:8.1f}s")
+
+
+def atomic_write(path, write) -> None:
+    """Write through a temporary file and rename it, so a kill never leaves a broken file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_run_files(run: Run, out) -> None:
+    """checkpoint.pt and metrics.jsonl, both replaced atomically at the end of every epoch."""
+    atomic_write(out / "checkpoint.pt", lambda p: torch.save(run.state_dict(), p))
+    lines = "".join(json.dumps(r) + "\n" for r in run.history)
+    atomic_write(out / "metrics.jsonl", lambda p: p.write_text(lines))
+
+
+def write_summary(run: Run, out) -> dict:
+    vals = [r["val_acc"] for r in run.history if r["val_acc"] is not None]
+    summary = {"final_val_acc": run.history[-1]["val_acc"], "final_test_acc": run.history[-1]["test_acc"],
+               "best_val_acc": max(vals) if vals else None, "epochs": run.epoch, "steps": run.step,
+               "wall_time": round(run.elapsed, 3), "density": sum(r["active"] for r in run.sparsity.layer_stats())
+               / sum(r["total"] for r in run.sparsity.layer_stats()),
+               "layers": run.sparsity.layer_stats()}
+    atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directories: config.json, metrics.jsonl, summary.json, checkpoint.pt
+# ---------------------------------------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """A problem the user can fix from the command line; printed without a traceback."""
+
+
+def git_commit() -> str | None:
+    import subprocess
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def run_config(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> dict:
+    """The resolved configuration, as saved in config.json (tuples become lists, as in JSON)."""
+    return json.loads(json.dumps({"train": asdict(cfg), "sparsity": asdict(sparse_cfg),
+                                  "torch": torch.__version__, "git_commit": git_commit()}))
+
+
+def config_differences(saved: dict, now: dict) -> list[str]:
+    """Fields that differ between a saved run and the one asked for (the device may change)."""
+    return [f"{key} (run has {saved[section].get(key)!r}, asked for {value!r})"
+            for section in ("train", "sparsity") for key, value in now[section].items()
+            if key != "device" and saved[section].get(key) != value]
+
+
+def start_run(cfg: TrainConfig, sparse_cfg: SparsityConfig, out, resume: bool, console) -> dict:
+    """Resolve the recipe, create or resume the run directory `out`, and train."""
+    from pathlib import Path
+    out = Path(out)
+    cfg = resolve_recipe(cfg)
+    sparse_cfg = replace(sparse_cfg, seed=cfg.seed)
+    config, checkpoint = run_config(cfg, sparse_cfg), out / "checkpoint.pt"
+    if resume:
+        if not checkpoint.exists():
+            raise UsageError(f"--resume: there is no checkpoint.pt in {out} to resume")
+        differences = config_differences(json.loads((out / "config.json").read_text()), config)
+        if differences:
+            raise UsageError(f"refusing to resume {out} with a different configuration: "
+                             + "; ".join(differences))
+    elif checkpoint.exists():
+        raise UsageError(f"{out} already holds a run; pass --resume to continue it, "
+                         f"or choose another --out")
+    run = build_run(cfg, sparse_cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        run.load_state_dict(torch.load(checkpoint, map_location=run.device, weights_only=True))
+        console.print(f"resumed {out} at epoch {run.epoch}, step {run.step}")
+    else:
+        atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    print_start(run, config, console)
+    summary = train(run, out, console)
+    console.print(f"done: test acc {summary['final_test_acc']:.2f}%, "
+                  f"best val acc {summary['best_val_acc']}, {summary['steps']} steps, "
+                  f"{summary['wall_time']:.0f}s; results in {out}")
+    return summary
+
+
+def print_start(run: Run, config: dict, console) -> None:
+    """The resolved configuration and the per-layer density table, once at the start."""
+    from rich.table import Table
+    console.print(f"[bold]config[/] {json.dumps(config['train'])}")
+    console.print(f"[bold]sparsity[/] {json.dumps(config['sparsity'])}")
+    console.print(f"device {run.device}, {len(run.data.train[1]):,} training images, "
+                  f"{run.steps_per_epoch} steps/epoch × {run.epochs} epochs, T_end step {run.sparsity.t_end}")
+    table = Table("layer", "shape", "density", "active", "weights", title="masked layers")
+    rows = run.sparsity.layer_stats()
+    for r in rows:
+        table.add_row(r["name"], str(tuple(r["shape"])), f"{r['density']:.4f}", f"{r['active']:,}",
+                      f"{r['total']:,}")
+    active, total = sum(r["active"] for r in rows), sum(r["total"] for r in rows)
+    table.add_row("total", "", f"{active / total:.4f}", f"{active:,}", f"{total:,}")
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: options generated from the two configuration dataclasses
+# ---------------------------------------------------------------------------------------------
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The docstring under each dataclass field, which is also its --help text."""
+    import ast
+    import inspect
+    import textwrap
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {node.target.id: " ".join(doc.value.value.split()) for node, doc in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(doc, ast.Expr)
+            and isinstance(doc.value, ast.Constant)}
+
+
+def cli_parameters(cls, skip: tuple[str, ...] = ()) -> list:
+    """One typer option per field, with the field's default and docstring; tuples are typed as
+    comma-separated strings."""
+    import dataclasses
+    import inspect
+    import typing
+    import typer
+    hints, docs = typing.get_type_hints(cls), field_docs(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        hint = hints[f.name]
+        if "tuple" in str(hint):
+            hint = typing.Optional[str]
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                        annotation=typing.Annotated[hint, typer.Option(help=docs[f.name])]))
+    return params
+
+
+def from_cli(cls, options: dict):
+    """Build a configuration from the options that belong to it; comma lists become tuples."""
+    import dataclasses
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in options:
+            value = options[f.name]
+            if "tuple" in str(f.type) and isinstance(value, str):
+                parts = [p.strip() for p in value.split(",") if p.strip()]
+                value = tuple(float(p) for p in parts) if "float" in str(f.type) else tuple(parts)
+            values[f.name] = value
+    return cls(**values)
+
+
+def train_command(**options) -> None:
+    """Train a model with sparse training (defaults: the report's CIFAR-10 WRN-22-2 RigL run)."""
+    from rich.console import Console
+    console = Console()
+    try:
+        cfg = from_cli(TrainConfig, options)
+        sparse_cfg = from_cli(SparsityConfig, options)
+        out = options["out"] or (f"runs/{cfg.dataset}-{cfg.model or 'recipe'}-{sparse_cfg.method}-"
+                                 f"{sparse_cfg.distribution}-d{sparse_cfg.density}-s{cfg.seed}")
+        start_run(cfg, sparse_cfg, out, options["resume"], console)
+    except (ValueError, UsageError, DataUnavailable) as error:
+        console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise SystemExit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted: the last finished epoch is saved; continue with --resume")
+        raise SystemExit(130)
+
+
+def main() -> None:
+    import inspect
+    import typing
+    import typer
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    app = typer.Typer(add_completion=False, no_args_is_help=True,
+                      help="RigL and its baselines: `python rigl.py train --density 0.1`.")
+    extra = [inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=typing.Annotated[
+                 typing.Optional[str], typer.Option(help="Run directory. Default: runs/<dataset>-<model>-"
+                                                         "<method>-<distribution>-d<density>-s<seed>.")]),
+             inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=typing.Annotated[
+                 bool, typer.Option(help="Continue the run in --out from its checkpoint.")])]
+    train_command.__signature__ = inspect.Signature(
+        cli_parameters(TrainConfig) + cli_parameters(SparsityConfig, skip=("seed",)) + extra)
+    app.command("train")(train_command)
+    app.callback()(lambda: None)  # keep `train` a subcommand while it is the only one
+    app()
+
+
+if __name__ == "__main__":
+    main()

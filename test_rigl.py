@@ -1,9 +1,13 @@
 """Tests of the claims rigl.py makes: run with `python -m pytest -q`."""
 
+import json
 import math
+import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -652,3 +656,139 @@ def test_unknown_names(name):
 def test_invalid_width_scale():
     with pytest.raises(ValueError, match="width_scale"):
         build_model("wrn-22-2", 10, width_scale=0.0)
+
+
+# --- python rigl.py train ----------------------------------------------------------------------
+
+REPO = pathlib.Path(__file__).parent
+SMOKE = ["--dataset", "synthetic", "--model", "wrn-10-1", "--train-subset", "512", "--val-size", "256",
+         "--batch-size", "64", "--update-interval", "4"]
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "rigl.py", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    result = cli("train", *SMOKE, "--epochs", "2", "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out, result.stdout
+
+
+def test_cli_run_writes_config_metrics_summary_and_checkpoint(smoke_run):
+    out, stdout = smoke_run
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["model"] == "wrn-10-1" and config["train"]["lr"] == 0.1  # recipe filled in
+    assert config["sparsity"]["method"] == "rigl" and config["sparsity"]["density"] == 0.1
+    assert {"torch", "git_commit"} <= set(config)
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert all(tuple(m) == rigl.METRIC_KEYS for m in metrics)
+    assert metrics[-1]["step"] == 16 and metrics[0]["regrown"] > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"final_val_acc", "final_test_acc", "best_val_acc", "wall_time", "steps", "layers"} <= set(summary)
+    assert summary["final_test_acc"] == metrics[-1]["test_acc"]
+    assert sum(layer["active"] for layer in summary["layers"]) == round(
+        0.1 * sum(layer["total"] for layer in summary["layers"]), -1) or abs(summary["density"] - 0.1) < 1e-3
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["step"] == 16
+    assert "masked layers" in stdout and "epoch    2" in stdout
+
+
+def test_synthetic_data_is_learnable(tmp_path):
+    cfg = rigl.TrainConfig(dataset="synthetic", train_subset=2000, val_size=500, epochs=3, seed=1)
+    summary = rigl.start_run(cfg, SparsityConfig(density=0.1, update_interval=10), tmp_path / "run",
+                             resume=False, console=rich_console())
+    assert summary["final_test_acc"] > 40  # chance is 10%, after 48 steps
+
+
+def rich_console():
+    from rich.console import Console
+    return Console(file=open(os.devnull, "w"))
+
+
+def test_kill_and_resume_ends_bit_identical(tmp_path):
+    args = ["train", *SMOKE, "--epochs", "3", "--method", "set"]
+    straight = cli(*args, "--out", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "rigl.py", *args, "--out", str(killed)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not ((killed / "metrics.jsonl").exists() and (killed / "metrics.jsonl").read_text()):
+        assert process.poll() is None and time.time() < deadline, "run ended before it was killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    epochs_done = len(read_jsonl(killed / "metrics.jsonl"))
+    assert epochs_done < 3, "the kill came too late to test anything"
+    resumed = cli(*args, "--out", str(killed), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed {killed} at epoch {epochs_done}" in resumed.stdout.replace("\n", "")
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(killed / "checkpoint.pt", weights_only=True)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for name, mask in a["sparsity"]["masks"].items():
+        assert torch.equal(mask, b["sparsity"]["masks"][name]), name
+    drop_time = [lambda m: {k: v for k, v in m.items() if k != "elapsed"}][0]
+    assert [drop_time(m) for m in read_jsonl(tmp_path / "straight" / "metrics.jsonl")] == \
+           [drop_time(m) for m in read_jsonl(killed / "metrics.jsonl")]
+
+
+def test_resume_with_another_configuration_is_refused(smoke_run):
+    out, _ = smoke_run
+    result = cli("train", *SMOKE, "--epochs", "2", "--lr", "0.05", "--density", "0.2",
+                 "--out", str(out), "--resume")
+    assert result.returncode == 2
+    message = " ".join(result.stdout.split())
+    assert "refusing to resume" in message and "lr (run has 0.1, asked for 0.05)" in message
+    assert "density (run has 0.1, asked for 0.2)" in message and "Traceback" not in result.stderr
+
+
+def test_fresh_run_into_a_used_directory_is_refused(smoke_run):
+    out, _ = smoke_run
+    result = cli("train", *SMOKE, "--epochs", "2", "--out", str(out))
+    assert result.returncode == 2 and "pass --resume" in " ".join(result.stdout.split())
+
+
+def test_offline_without_data_says_how_to_provide_it(tmp_path):
+    result = cli("train", "--data-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    message = " ".join(result.stdout.split())
+    assert "could not be downloaded" in message and "cifar-10-batches-py" in message
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--density", "1.5"], "density must satisfy 0 < density <= 1"),
+    (["--epochs", "0"], "epochs must be an integer >= 1"),
+    (["--drop-fraction", "2"], "drop_fraction must satisfy 0 <= drop_fraction <= 1"),
+    (["--method", "magic"], "magic"),
+    (["--update-interval", "many"], "Invalid value for '--update-interval'"),
+])
+def test_bad_option_values_are_rejected_with_a_message(tmp_path, args, message):
+    result = cli("train", *SMOKE, *args, "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert message in " ".join((result.stdout + result.stderr).split())
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(not os.environ.get("RIGL_DATA_DIR"),
+                    reason="set RIGL_DATA_DIR to a folder holding cifar-10-batches-py (.ci/run does)")
+def test_rigl_on_real_cifar10_learns(tmp_path):
+    """WRN-22-2, RigL, ERK, d = 0.1, 200 steps of batch 32 on the first 6,400 training images."""
+    cfg = rigl.resolve_recipe(rigl.TrainConfig(data_dir=os.environ["RIGL_DATA_DIR"], train_subset=6400,
+                                               val_size=0, epochs=1, batch_size=32))
+    run = rigl.build_run(cfg, SparsityConfig(density=0.1))
+    run.data.test = tuple(t[:2000] for t in run.data.test)  # a 2,000-image slice keeps CI fast
+    summary = rigl.train(run, tmp_path, rich_console())
+    assert summary["steps"] == 200 and abs(summary["density"] - 0.1) < 1e-4
+    assert summary["final_test_acc"] > 20  # chance is 10%
