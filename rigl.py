@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Literal, get_args
@@ -173,9 +174,23 @@ def masked_weights(model: nn.Module) -> dict[str, nn.Parameter]:
             if isinstance(module, (nn.Conv2d, nn.Linear))}
 
 
-def default_dense_layers(names: list[str], distribution: Distribution) -> tuple[str, ...]:
-    """Uniform keeps the first layer dense (TF, RR); ER/ERK decide by their capping alone."""
-    return (names[0],) if distribution == "uniform" and names else ()
+def dense_layers_of(names: list[str], config: SparsityConfig) -> tuple[str, ...]:
+    """The layers kept dense by choice: `config.dense_layers` (module or weight names), or by
+    default the first layer for uniform (TF, RR) and none for ER/ERK (their capping decides)."""
+    if config.dense_layers is None:
+        return (names[0],) if config.distribution == "uniform" and names else ()
+    resolved = tuple(n if n in names else f"{n}.weight" for n in config.dense_layers)
+    unknown = [n for n, r in zip(config.dense_layers, resolved) if r not in names]
+    if unknown:
+        raise ValueError(f"dense_layers names no masked layer: {unknown}; the masked layers are {names}")
+    return resolved
+
+
+def model_densities(model: nn.Module, config: SparsityConfig) -> dict[str, float]:
+    """Every masked weight's density under `config`, as `Sparsity` allocates it."""
+    weights = masked_weights(model)
+    shapes = {name: w.shape for name, w in weights.items()}
+    return layer_densities(shapes, config, dense_layers_of(list(weights), config))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,9 +332,8 @@ class Sparsity:
         self.weights = masked_weights(model)
         if not self.weights:
             raise ValueError("the model has no Conv2d or Linear layer to make sparse")
-        self.dense_layers = self._resolve_dense_layers(config.dense_layers)
-        self.densities = layer_densities({n: w.shape for n, w in self.weights.items()},
-                                         config, self.dense_layers)
+        self.dense_layers = dense_layers_of(list(self.weights), config)
+        self.densities = model_densities(model, config)
         self.t_end = int(config.t_end * total_steps)
         self.step_count = 0
         self.last_update = {"step": 0, "drop_fraction": 0.0, "grown": 0}
@@ -332,17 +346,6 @@ class Sparsity:
                       for name, w in self.weights.items() if self.densities[name] < 1.0}
         self.apply_masks()
         self._log_dense_choice()
-
-    def _resolve_dense_layers(self, requested: tuple[str, ...] | None) -> tuple[str, ...]:
-        names = list(self.weights)
-        if requested is None:
-            return default_dense_layers(names, self.config.distribution)
-        resolved = tuple(n if n in self.weights else f"{n}.weight" for n in requested)
-        unknown = [n for n, r in zip(requested, resolved) if r not in self.weights]
-        if unknown:
-            raise ValueError(f"dense_layers names no masked layer: {unknown}; "
-                             f"the masked layers are {names}")
-        return resolved
 
     def _log_dense_choice(self) -> None:
         capped = [n for n, d in self.densities.items() if d >= 1.0 and n not in self.dense_layers]
@@ -732,6 +735,10 @@ class Run:
     generator: torch.Generator
     steps_per_epoch: int
     epochs: int
+    dense_macs: dict | None = None
+    f_dense: float = 0.0
+    f_sparse: float = 0.0
+    tally: object = None
     epoch: int = 0
     step: int = 0
     elapsed: float = 0.0
@@ -742,8 +749,8 @@ class Run:
                 "scheduler": self.scheduler.state_dict(), "sparsity": self.sparsity.state_dict(),
                 "data_rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed,
-                "history": self.history}
+                "flops": self.tally.state_dict(), "epoch": self.epoch, "step": self.step,
+                "elapsed": self.elapsed, "history": self.history}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -754,6 +761,8 @@ class Run:
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.tally.load_state_dict(state["flops"])
+        self.f_sparse = current_forward_flops(self)
         self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
         self.history = state["history"]
 
@@ -769,6 +778,7 @@ def pick_device(name: str) -> torch.device:
 
 def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
     """Data, model, optimizer, learning-rate schedule and masks of a resolved configuration."""
+    import flops
     from models import build_model
     device = pick_device(cfg.device)
     data = load_data(cfg)
@@ -788,8 +798,19 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
     data.train, data.test = [(x.to(device), y.to(device)) for x, y in (data.train, data.test)]
     data.val = (data.val[0].to(device), data.val[1].to(device)) if data.val else None
     data.mean, data.std = data.mean.to(device), data.std.to(device)
-    return Run(cfg, sparse_cfg, data, device, model, optimizer, scheduler, sparsity, generator,
-               steps_per_epoch, epochs, history=[])
+    run = Run(cfg, sparse_cfg, data, device, model, optimizer, scheduler, sparsity, generator,
+              steps_per_epoch, epochs, history=[], tally=flops.FlopTally(),
+              dense_macs=flops.dense_layer_macs(model, 224 if cfg.dataset == "imagenet" else 32))
+    run.f_dense = flops.PAPER_FLOPS_PER_MAC * sum(run.dense_macs.values())
+    run.f_sparse = current_forward_flops(run)
+    return run
+
+
+def current_forward_flops(run: Run) -> float:
+    """f_S of the current masks, per sample, in the paper's convention (flops.py)."""
+    import flops
+    densities = {r["name"]: r["density"] for r in run.sparsity.layer_stats()}
+    return flops.PAPER_FLOPS_PER_MAC * flops.sparse_forward_macs(run.dense_macs, densities)
 
 
 def prepare(run: Run, images: torch.Tensor, train: bool) -> torch.Tensor:
@@ -840,11 +861,16 @@ def train(run: Run, out, console) -> dict:
                     loss = criterion(model(x), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if sparsity.step():           # a mask update replaces this optimizer step
+                updated = sparsity.step()
+                if updated:                   # a mask update replaces this optimizer step
                     regrown += sparsity.last_update["grown"]
                 else:
                     optimizer.step()
                 sparsity.apply_masks()
+                # FLOPs of this step (paper's accounting): RigL's update step pays a dense gradient
+                run.tally.add(run.sparse_cfg.method, run.f_sparse, run.f_dense, updated, len(batch))
+                if updated:
+                    run.f_sparse = current_forward_flops(run)  # SNFS moves weights between layers
                 run.scheduler.step()
                 run.step += 1
                 loss_sum += loss.detach()
@@ -896,13 +922,23 @@ def save_run_files(run: Run, out) -> None:
     atomic_write(out / "metrics.jsonl", lambda p: p.write_text(lines))
 
 
+def flop_summary(run: Run) -> dict:
+    """Training FLOPs actually spent and inference FLOPs of the final masks, paper convention.
+
+    A training ratio is relative to the dense model trained on the 1× schedule (flops.py)."""
+    dense_1x = 3 * run.f_dense * len(run.data.train[1]) * run.epoch / run.cfg.multiplier
+    return {"train_flops": run.tally.total, "train_flops_ratio": run.tally.total / dense_1x,
+            "inference_flops": run.f_sparse, "inference_flops_ratio": run.f_sparse / run.f_dense,
+            "flops_convention": "paper: multiplies and adds counted separately; conv and linear only"}
+
+
 def write_summary(run: Run, out) -> dict:
     vals = [r["val_acc"] for r in run.history if r["val_acc"] is not None]
     summary = {"final_val_acc": run.history[-1]["val_acc"], "final_test_acc": run.history[-1]["test_acc"],
                "best_val_acc": max(vals) if vals else None, "epochs": run.epoch, "steps": run.step,
                "wall_time": round(run.elapsed, 3), "density": sum(r["active"] for r in run.sparsity.layer_stats())
                / sum(r["total"] for r in run.sparsity.layer_stats()),
-               "layers": run.sparsity.layer_stats()}
+               "layers": run.sparsity.layer_stats(), **flop_summary(run)}
     atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
     return summary
 
@@ -965,9 +1001,11 @@ def start_run(cfg: TrainConfig, sparse_cfg: SparsityConfig, out, resume: bool, c
         atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
     print_start(run, config, console)
     summary = train(run, out, console)
-    console.print(f"done: test acc {summary['final_test_acc']:.2f}%, "
-                  f"best val acc {summary['best_val_acc']}, {summary['steps']} steps, "
-                  f"{summary['wall_time']:.0f}s; results in {out}")
+    console.print(f"done: test acc {summary['final_test_acc']:.2f}%, best val acc "
+                  f"{summary['best_val_acc']}, {summary['steps']} steps, {summary['wall_time']:.0f}s; "
+                  f"training FLOPs {summary['train_flops']:.3e} ({summary['train_flops_ratio']:.3f}× dense 1×), "
+                  f"inference FLOPs {summary['inference_flops']:.3e} ({summary['inference_flops_ratio']:.3f}× "
+                  f"dense), paper convention; results in {out}", soft_wrap=True, highlight=False)
     return summary
 
 
@@ -978,13 +1016,16 @@ def print_start(run: Run, config: dict, console) -> None:
     console.print(f"[bold]sparsity[/] {json.dumps(config['sparsity'])}")
     console.print(f"device {run.device}, {len(run.data.train[1]):,} training images, "
                   f"{run.steps_per_epoch} steps/epoch × {run.epochs} epochs, T_end step {run.sparsity.t_end}")
-    table = Table("layer", "shape", "density", "active", "weights", title="masked layers")
+    table = Table("layer", "shape", "density", "active", "weights", "dense FLOPs", "sparse FLOPs",
+                  title="masked layers (FLOPs per sample, multiplies and adds counted separately)")
     rows = run.sparsity.layer_stats()
     for r in rows:
+        dense = 2 * run.dense_macs[r["name"]]
         table.add_row(r["name"], str(tuple(r["shape"])), f"{r['density']:.4f}", f"{r['active']:,}",
-                      f"{r['total']:,}")
+                      f"{r['total']:,}", f"{dense:.3e}", f"{dense * r['density']:.3e}")
     active, total = sum(r["active"] for r in rows), sum(r["total"] for r in rows)
-    table.add_row("total", "", f"{active / total:.4f}", f"{active:,}", f"{total:,}")
+    table.add_row("total", "", f"{active / total:.4f}", f"{active:,}", f"{total:,}",
+                  f"{run.f_dense:.3e}", f"{run.f_sparse:.3e}")
     console.print(table)
 
 
@@ -1004,7 +1045,7 @@ def field_docs(cls) -> dict[str, str]:
             and isinstance(doc.value, ast.Constant)}
 
 
-def cli_parameters(cls, skip: tuple[str, ...] = ()) -> list:
+def cli_parameters(cls, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> list:
     """One typer option per field, with the field's default and docstring; tuples are typed as
     comma-separated strings."""
     import dataclasses
@@ -1014,7 +1055,7 @@ def cli_parameters(cls, skip: tuple[str, ...] = ()) -> list:
     hints, docs = typing.get_type_hints(cls), field_docs(cls)
     params = []
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        if f.name in skip or (only is not None and f.name not in only):
             continue
         hint = hints[f.name]
         if "tuple" in str(hint):
@@ -1041,7 +1082,7 @@ def from_cli(cls, options: dict):
 def train_command(**options) -> None:
     """Train a model with sparse training (defaults: the report's CIFAR-10 WRN-22-2 RigL run)."""
     from rich.console import Console
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=200)  # pipes get whole lines
     try:
         cfg = from_cli(TrainConfig, options)
         sparse_cfg = from_cli(SparsityConfig, options)
@@ -1054,6 +1095,63 @@ def train_command(**options) -> None:
     except KeyboardInterrupt:
         console.print("interrupted: the last finished epoch is saved; continue with --resume")
         raise SystemExit(130)
+
+
+DATASET_SHAPES = {"cifar10": (10, 32), "cifar100": (100, 32), "imagenet": (1000, 224),
+                  "synthetic": (10, 32)}
+"""Number of classes and input size of each dataset (FLOPs are counted at that size)."""
+
+
+def flops_command(**options) -> None:
+    """FLOPs of a model at a density: per layer, inference, training per step, and Table 2's
+    columns for every method (paper convention: multiplies and adds counted separately)."""
+    import flops
+    from rich.console import Console
+    from models import build_model
+    console = Console() if sys.stdout.isatty() else Console(width=200)  # pipes get whole lines
+    try:
+        cfg = resolve_recipe(from_cli(TrainConfig, options))
+        sparse_cfg = from_cli(SparsityConfig, options)
+    except ValueError as error:
+        console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise SystemExit(2)
+    classes, size = DATASET_SHAPES[cfg.dataset]
+    net = build_model(cfg.model, num_classes=classes)
+    # Small-Dense: every channel count scaled by sqrt(d) (RR).
+    small = build_model(cfg.model, classes, width_scale=math.sqrt(sparse_cfg.density))
+    report = flops.flop_report(net, size, model_densities(net, sparse_cfg), options["method"],
+                               sparse_cfg.update_interval, cfg.multiplier, small_dense_model=small)
+    report["methods"] = flops.method_table(net, size, sparse_cfg.density, sparse_cfg.update_interval,
+                                           cfg.multiplier, small_dense_model=small)
+    if options["json"]:
+        print(json.dumps(report))
+    else:
+        print_flop_report(report, cfg, sparse_cfg, options["method"], console)
+
+
+def print_flop_report(report: dict, cfg: TrainConfig, sparse_cfg: SparsityConfig, method: str,
+                      console) -> None:
+    from rich.table import Table
+    title = (f"{cfg.model} at {DATASET_SHAPES[cfg.dataset][1]}×{DATASET_SHAPES[cfg.dataset][1]}, "
+             f"{method}, {sparse_cfg.distribution}, d = {sparse_cfg.density}")
+    layers = Table("layer", "shape", "density", "params", "dense FLOPs", "sparse FLOPs", title=title)
+    for r in report["layers"]:
+        layers.add_row(r["name"], str(tuple(r["shape"])), f"{r['density']:.4f}", f"{r['params']:,}",
+                       f"{r['dense_flops']:.4e}", f"{r['sparse_flops']:.4e}")
+    console.print(layers)
+    console.print(f"inference FLOPs {report['sparse_forward_flops']:.4e} per sample, "
+                  f"{report['inference_flops_ratio']:.3f}× dense ({report['dense_forward_flops']:.4e})")
+    console.print(f"training FLOPs {report['train_step_flops']:.4e} per step per sample, "
+                  f"{report['train_flops_ratio']:.3f}× dense (×{cfg.multiplier} schedule, ΔT = "
+                  f"{sparse_cfg.update_interval})")
+    methods = Table("method", "distribution", "train ×dense", "test ×dense",
+                    title=f"Table 2 columns at d = {sparse_cfg.density}, ×{cfg.multiplier} "
+                          f"(SNFS and pruning from the initial allocation)")
+    for r in report["methods"]:
+        methods.add_row(r["method"], r["distribution"], f"{r['train_flops_ratio']:.2f}",
+                        f"{r['inference_flops_ratio']:.2f}")
+    console.print(methods)
+    console.print(f"convention: {report['convention']}", highlight=False)
 
 
 def main() -> None:
@@ -1071,7 +1169,15 @@ def main() -> None:
     train_command.__signature__ = inspect.Signature(
         cli_parameters(TrainConfig) + cli_parameters(SparsityConfig, skip=("seed",)) + extra)
     app.command("train")(train_command)
-    app.callback()(lambda: None)  # keep `train` a subcommand while it is the only one
+    import flops
+    flops_command.__signature__ = inspect.Signature(
+        cli_parameters(TrainConfig, only=("model", "dataset", "multiplier"))
+        + cli_parameters(SparsityConfig, only=("density", "distribution", "update_interval"))
+        + [inspect.Parameter("method", inspect.Parameter.KEYWORD_ONLY, default="rigl", annotation=typing.Annotated[
+               flops.Method, typer.Option(help="Method whose training FLOPs are counted.")]),
+           inspect.Parameter("json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=typing.Annotated[
+               bool, typer.Option("--json", help="Print one JSON object instead of tables.")])])
+    app.command("flops")(flops_command)
     app()
 
 

@@ -13,6 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+import flops
+import models
 import rigl
 from models import MODEL_NAMES_HELP, Bottleneck, WideBasicBlock, build_model
 from rigl import Sparsity, SparsityConfig
@@ -658,6 +660,194 @@ def test_invalid_width_scale():
         build_model("wrn-22-2", 10, width_scale=0.0)
 
 
+# --- flops.py ---------------------------------------------------------------------------------
+
+WRN_DENSE_MACS = 157_730_048  # fvcore's count for wrn-22-2, 10 classes, 32×32 (models.py)
+
+
+@pytest.fixture(scope="module")
+def wrn() -> nn.Module:
+    torch.manual_seed(0)
+    return models.build_model("wrn-22-2", num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def wrn_macs(wrn) -> dict[str, int]:
+    return flops.dense_layer_macs(wrn, 32)
+
+
+def densities_of(model: nn.Module, density: float, distribution: str) -> dict[str, float]:
+    """Per-layer densities as rigl.Sparsity sets them (uniform keeps the first layer dense)."""
+    return rigl.model_densities(model, rigl.SparsityConfig(density=density, distribution=distribution))
+
+
+# --- forward FLOPs ------------------------------------------------------------------------------
+
+
+def test_dense_wrn_22_2_forward_flops(wrn, wrn_macs):
+    assert list(wrn_macs) == list(rigl.masked_weights(wrn))
+    assert sum(wrn_macs.values()) == WRN_DENSE_MACS
+    # Report: 3.15e8 forward FLOPs, multiplies and adds counted separately.
+    paper = flops.PAPER_FLOPS_PER_MAC * sum(wrn_macs.values())
+    assert paper == pytest.approx(3.15e8, rel=0.01)
+
+
+def test_counts_conv_and_linear_only_and_restores_mode():
+    """A hand count: BN, ReLU, pooling and the linear bias add nothing; the training mode survives."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 4, 1, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 10))
+    net.train()
+    macs = flops.dense_layer_macs(net, 8)
+    # conv: C_out · C_in · k_h · k_w · H_out · W_out; linear: n_out · n_in
+    assert macs == {"0.weight": 8 * 3 * 9 * 8 * 8, "3.weight": 4 * 8 * 1 * 4 * 4, "6.weight": 10 * 4}
+    assert net.training
+    net.eval()
+    flops.dense_layer_macs(net, 8)
+    assert not net.training
+
+
+@pytest.mark.parametrize("distribution, density, ratio", [
+    ("erk", 0.1, 0.17), ("erk", 0.2, 0.35), ("uniform", 0.1, 0.10), ("uniform", 0.2, 0.20)])
+def test_inference_flops_ratio_of_table_2(wrn, wrn_macs, distribution, density, ratio):
+    """ERK 0.174 / 0.352 and uniform 0.103 / 0.202 (first layer dense), rounded as in the report."""
+    f_sparse = flops.sparse_forward_macs(wrn_macs, densities_of(wrn, density, distribution))
+    assert round(f_sparse / sum(wrn_macs.values()), 2) == ratio
+
+
+def test_sparse_forward_needs_every_layer(wrn_macs):
+    with pytest.raises(ValueError, match="same layers"):
+        flops.sparse_forward_macs(wrn_macs, {"fc.weight": 0.5})
+
+
+def test_dense_resnet50_cifar_forward_flops():
+    model = models.build_model("resnet50-cifar", num_classes=100)
+    paper = flops.PAPER_FLOPS_PER_MAC * sum(flops.dense_layer_macs(model, 32).values())
+    assert paper == pytest.approx(2.59e9, rel=0.02)
+
+
+# --- training FLOPs per step --------------------------------------------------------------------
+
+
+def test_train_step_formulas_by_hand():
+    f_s, f_d = 2.0, 10.0
+    assert flops.train_step_flops("dense", f_s, f_d) == 30.0
+    for method in ("static", "set", "small-dense", "pruning"):
+        assert flops.train_step_flops(method, f_s, f_d) == 6.0
+    for method in ("rigl", "rigl-sg", "rigl-sm"):
+        # (3 ΔT f_S + 2 f_S + f_D) / (ΔT + 1) = (24 + 4 + 10) / 5
+        assert flops.train_step_flops(method, f_s, f_d, update_interval=4) == pytest.approx(7.6)
+    assert flops.train_step_flops("snfs", f_s, f_d) == 14.0
+    # Table 2's SNFS row: inference 0.49× gives training (2 · 0.49 + 1) / 3 = 0.66×
+    assert round(flops.train_step_flops("snfs", 0.49, 1.0) / 3, 2) == 0.66
+
+
+def test_step_flops_by_hand():
+    f_s, f_d = 2.0, 10.0
+    for update in (False, True):
+        assert flops.step_flops("dense", f_s, f_d, update) == 30.0
+        assert flops.step_flops("snfs", f_s, f_d, update) == 14.0
+        for method in ("static", "set", "small-dense", "pruning"):
+            assert flops.step_flops(method, f_s, f_d, update) == 6.0
+    for method in ("rigl", "rigl-sg", "rigl-sm"):
+        assert flops.step_flops(method, f_s, f_d, is_update_step=True) == 14.0
+        assert flops.step_flops(method, f_s, f_d, is_update_step=False) == 6.0
+
+
+@pytest.mark.parametrize("call", [
+    lambda: flops.train_step_flops("lottery", 1.0, 2.0),
+    lambda: flops.step_flops("RigL", 1.0, 2.0, True)])
+def test_unknown_method_names_the_allowed_ones(call):
+    with pytest.raises(ValueError, match="rigl-sg"):
+        call()
+
+
+# --- gradual pruning ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("final_density", [0.1, 0.2, 0.5])
+def test_pruning_mean_forward_matches_closed_form(final_density):
+    """Cubic schedule: ∫ d(t) over [t0, t1] is (t1 - t0)(1 - 3/4 s_f), so with uniform densities
+    E_t[d] = [t0 + (t1 - t0)(1 - 3/4 s_f) + (T - t1) d_f] / T."""
+    total, t0, t1 = 10_000, 500, 7_500
+    dense_macs = {"a.weight": 1_000, "b.weight": 3_000}
+    s_f = 1 - final_density
+    mean_density = (t0 + (t1 - t0) * (1 - 0.75 * s_f) + (total - t1) * final_density) / total
+    measured = flops.mean_pruning_forward_macs(dense_macs, dict.fromkeys(dense_macs, final_density),
+                                               total, t0, t1)
+    assert measured == pytest.approx(4_000 * mean_density, rel=1e-3)
+
+
+# --- Table 2 -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method, distribution, multiplier, train, test", [
+    ("static", "uniform", 1, 0.20, 0.20), ("set", "uniform", 1, 0.20, 0.20),
+    ("rigl", "uniform", 1, 0.20, 0.20), ("static", "erk", 1, 0.35, 0.35),
+    ("set", "erk", 1, 0.35, 0.35), ("rigl", "erk", 1, 0.35, 0.35),
+    ("rigl", "uniform", 2, 0.41, 0.20)])
+def test_table_2_ratios_at_density_0_2(wrn, method, distribution, multiplier, train, test):
+    report = flops.flop_report(wrn, 32, densities_of(wrn, 0.2, distribution), method,
+                               multiplier=multiplier)
+    assert round(report["train_flops_ratio"], 2) == train
+    assert round(report["inference_flops_ratio"], 2) == test
+
+
+def test_table_2_rigl_2x_erk(wrn):
+    """Report: 0.70×, 0.35×. We get 2 × 0.3542 = 0.708: the report seems to double the rounded 0.35."""
+    report = flops.flop_report(wrn, 32, densities_of(wrn, 0.2, "erk"), "rigl", multiplier=2)
+    assert report["train_flops_ratio"] == pytest.approx(0.70, abs=0.01)
+    assert round(report["inference_flops_ratio"], 2) == 0.35
+
+
+def test_report_dense_and_its_rows(wrn):
+    report = flops.flop_report(wrn, 32, densities_of(wrn, 0.2, "erk"), "dense")
+    assert report["dense_forward_flops"] == 2 * WRN_DENSE_MACS
+    assert report["train_step_flops"] == pytest.approx(9.45e8, rel=0.01)
+    assert report["inference_flops_ratio"] == report["train_flops_ratio"] == 1.0
+    rows = report["layers"]
+    assert [r["name"] for r in rows] == list(rigl.masked_weights(wrn))
+    assert rows[-1]["shape"] == [10, 128] and rows[-1]["params"] == 1280
+    assert sum(r["dense_flops"] for r in rows) == report["dense_forward_flops"]
+    assert report["convention"].startswith("paper: multiplies and adds counted separately")
+
+
+def test_report_small_dense_uses_the_small_model(wrn):
+    small = models.build_model("wrn-22-2", num_classes=10, width_scale=math.sqrt(0.2))
+    report = flops.flop_report(wrn, 32, {}, "small-dense", small_dense_model=small)
+    small_macs = sum(flops.dense_layer_macs(small, 32).values())
+    assert report["sparse_forward_flops"] == 2 * small_macs
+    small_shapes = [list(w.shape) for w in rigl.masked_weights(small).values()]
+    assert [r["shape"] for r in report["layers"]] == small_shapes
+    assert report["train_flops_ratio"] == pytest.approx(report["inference_flops_ratio"])
+    assert round(report["inference_flops_ratio"], 2) == 0.20  # Table 2: 0.20×, 0.20×
+
+
+def test_report_pruning_trains_on_the_mean_forward_cost(wrn, wrn_macs):
+    densities = densities_of(wrn, 0.2, "uniform")
+    schedule = (1_000, 10, 750)
+    report = flops.flop_report(wrn, 32, densities, "pruning", pruning_schedule=schedule)
+    mean = flops.mean_pruning_forward_macs(wrn_macs, densities, *schedule)
+    assert report["inference_flops_ratio"] == pytest.approx(0.2022, abs=1e-3)  # final masks
+    assert report["train_flops_ratio"] == pytest.approx(mean / sum(wrn_macs.values()))
+
+
+# --- counting a run -----------------------------------------------------------------------------
+
+
+def test_flop_tally_rigl_run_and_resume():
+    f_s, f_d, batch, steps, interval = 2.0, 10.0, 128, 1000, 100
+    tally = flops.FlopTally()
+    for t in range(1, steps + 1):
+        if t == 500:  # resume from a checkpoint half-way through
+            state, tally = tally.state_dict(), flops.FlopTally()
+            tally.load_state_dict(state)
+        tally.add("rigl", f_s, f_d, is_update_step=t % interval == 0, batch_size=batch)
+    # 10 update steps at 2 f_S + f_D, 990 at 3 f_S
+    assert tally.total == batch * (10 * (2 * f_s + f_d) + 990 * 3 * f_s)
+    assert tally.steps == steps
+
+
 # --- python rigl.py train ----------------------------------------------------------------------
 
 REPO = pathlib.Path(__file__).parent
@@ -699,7 +889,35 @@ def test_cli_run_writes_config_metrics_summary_and_checkpoint(smoke_run):
         0.1 * sum(layer["total"] for layer in summary["layers"]), -1) or abs(summary["density"] - 0.1) < 1e-3
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 2 and state["step"] == 16
+    # FLOPs: 16 steps of 64 images, T_end = 12, RigL updates (a dense gradient) at steps 4 and 8.
+    f_sparse = summary["inference_flops"]
+    f_dense = f_sparse / summary["inference_flops_ratio"]
+    expected = 64 * (14 * 3 * f_sparse + 2 * (2 * f_sparse + f_dense))
+    assert summary["train_flops"] == pytest.approx(expected, rel=1e-9)
+    assert summary["train_flops_ratio"] == pytest.approx(expected / (3 * f_dense * 512 * 2), rel=1e-9)
     assert "masked layers" in stdout and "epoch    2" in stdout
+
+
+def test_flops_command_json_reproduces_table_2():
+    result = cli("flops", "--model", "wrn-22-2", "--density", "0.2", "--distribution", "erk", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {"layers", "dense_forward_flops", "sparse_forward_flops", "inference_flops_ratio",
+            "train_flops_ratio"} <= set(report)
+    assert set(report["layers"][0]) >= {"name", "shape", "density", "params", "dense_flops", "sparse_flops"}
+    assert report["dense_forward_flops"] == pytest.approx(3.15e8, rel=0.01)
+    assert round(report["inference_flops_ratio"], 2) == 0.35 and round(report["train_flops_ratio"], 2) == 0.35
+    table = {(r["method"], r["distribution"]): r for r in report["methods"]}
+    for method in ("static", "set", "rigl"):
+        for distribution, ratio in (("uniform", 0.20), ("erk", 0.35)):
+            row = table[method, distribution]
+            assert round(row["train_flops_ratio"], 2) == round(row["inference_flops_ratio"], 2) == ratio
+
+
+def test_flops_command_states_the_convention():
+    result = cli("flops", "--density", "0.1", "--method", "snfs")
+    assert result.returncode == 0, result.stderr
+    assert "multiplies and adds counted separately" in result.stdout and "group3.2.conv2.weight" in result.stdout
 
 
 def test_synthetic_data_is_learnable(tmp_path):
