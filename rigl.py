@@ -556,11 +556,14 @@ class TrainConfig:
     """auto (CUDA when available) | cpu | cuda | cuda:N."""
     precision: Precision = "fp32"
     """fp32 | bf16 (autocast on the forward pass)."""
+    workers: int = 8
+    """DataLoader worker processes for ImageNet (CIFAR is held in memory and needs none)."""
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, Dataset)
         _check_choice("precision", self.precision, Precision)
-        for field, low in [("epochs", 1), ("batch_size", 1), ("val_size", 0), ("train_subset", 0)]:
+        for field, low in [("epochs", 1), ("batch_size", 1), ("val_size", 0), ("train_subset", 0),
+                           ("workers", 0)]:
             value = getattr(self, field)
             if value is not None and (not isinstance(value, int) or value < low):
                 raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")
@@ -609,33 +612,65 @@ class DataUnavailable(Exception):
 
 @dataclass
 class Data:
-    """Images as uint8 tensors N×3×H×W (CIFAR, synthetic) or a folder dataset (ImageNet)."""
+    """Each split is (uint8 images N×3×H×W, labels) held in memory (CIFAR, synthetic) or a
+    torchvision dataset of normalised tensors read by a DataLoader (ImageNet)."""
 
-    train: tuple
-    val: tuple | None
-    test: tuple
+    train: object
+    val: object | None
+    test: object
     num_classes: int
-    mean: torch.Tensor
-    std: torch.Tensor
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train[1]) if isinstance(self.train, tuple) else len(self.train)
 
 
 def load_data(cfg: TrainConfig) -> Data:
     if cfg.dataset == "synthetic":
         images, labels, test = synthetic_images(cfg.train_subset or 5000, cfg.val_size, cfg.seed)
     elif cfg.dataset == "imagenet":
-        raise DataUnavailable("ImageNet training is not available yet in this version")
+        return image_folder_data(cfg)
     else:
         images, labels, test = cifar_images(cfg.dataset, cfg.data_dir)
-    # A fixed split (seed 0), the same for every run: the first val_size of a permutation.
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-    val_idx, train_idx = order[:cfg.val_size], order[cfg.val_size:]
-    if cfg.train_subset and cfg.dataset != "synthetic":
-        train_idx = train_idx[:cfg.train_subset]
+    val_idx, train_idx = split_indices(len(labels), cfg)
     train = (images[train_idx], labels[train_idx])
     val = (images[val_idx], labels[val_idx]) if cfg.val_size else None
     pixels = train[0].float()
     return Data(train, val, test, int(labels.max()) + 1,
                 pixels.mean((0, 2, 3)).view(1, 3, 1, 1), pixels.std((0, 2, 3)).view(1, 3, 1, 1))
+
+
+def split_indices(n: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed split (seed 0), the same for every run: the first val_size of a permutation are
+    held out, the first train_subset of the rest are trained on."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    val_idx, train_idx = order[:cfg.val_size], order[cfg.val_size:]
+    if cfg.train_subset and cfg.dataset != "synthetic":
+        train_idx = train_idx[:cfg.train_subset]
+    return val_idx, train_idx
+
+
+def image_folder_data(cfg: TrainConfig) -> Data:
+    """ImageNet as an ImageFolder tree, DATA_DIR/train/<class>/* and DATA_DIR/val/<class>/*, with
+    the standard random-resized-crop and flip for training, resize 256 and center crop 224 for eval."""
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+    root = os.path.abspath(cfg.data_dir)
+    if not all(os.path.isdir(os.path.join(root, split)) for split in ("train", "val")):
+        raise DataUnavailable(
+            f"ImageNet is read from an ImageFolder tree, {root}/train/<class>/*.JPEG and "
+            f"{root}/val/<class>/*.JPEG, which is not there (torchvision cannot download it); "
+            f"pass --data-dir with the folder that holds train/ and val/.")
+    normalize = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    augment = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
+    center = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), normalize])
+    train, held = ImageFolder(os.path.join(root, "train"), augment), ImageFolder(os.path.join(root, "train"), center)
+    val_idx, train_idx = split_indices(len(train), cfg)
+    val = torch.utils.data.Subset(held, val_idx.tolist()) if cfg.val_size else None
+    return Data(torch.utils.data.Subset(train, train_idx.tolist()), val,
+                ImageFolder(os.path.join(root, "val"), center), len(train.classes))
 
 
 def cifar_images(name: str, root: str) -> tuple:
@@ -787,17 +822,17 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = math.ceil(len(data.train[1]) / cfg.batch_size)
+    steps_per_epoch = math.ceil(data.num_train / cfg.batch_size)
     epochs = round(cfg.epochs * cfg.multiplier)
     total = steps_per_epoch * epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total, cfg.warmup, cfg.lr_milestones, cfg.lr_gamma))
     sparsity = Sparsity(model, optimizer, sparse_cfg, total_steps=total)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    # The fast path: the whole dataset lives on the device, augmentation runs there too.
-    data.train, data.test = [(x.to(device), y.to(device)) for x, y in (data.train, data.test)]
-    data.val = (data.val[0].to(device), data.val[1].to(device)) if data.val else None
-    data.mean, data.std = data.mean.to(device), data.std.to(device)
+    if data.mean is not None:  # the fast path: the dataset lives on the device, augmented there
+        data.train, data.test = [(x.to(device), y.to(device)) for x, y in (data.train, data.test)]
+        data.val = (data.val[0].to(device), data.val[1].to(device)) if data.val else None
+        data.mean, data.std = data.mean.to(device), data.std.to(device)
     run = Run(cfg, sparse_cfg, data, device, model, optimizer, scheduler, sparsity, generator,
               steps_per_epoch, epochs, history=[], tally=flops.FlopTally(),
               dense_macs=flops.dense_layer_macs(model, 224 if cfg.dataset == "imagenet" else 32))
@@ -823,20 +858,39 @@ def prepare(run: Run, images: torch.Tensor, train: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if run.device.type == "cuda" else x
 
 
+def batches(run: Run, split, train: bool, batch_size: int):
+    """(x, y) minibatches of a split on the device: shuffled and augmented for training."""
+    if isinstance(split, tuple):
+        images, labels = split
+        n = len(labels)
+        order = (torch.randperm(n, generator=run.generator, device=run.device) if train
+                 else torch.arange(n, device=run.device))
+        for start in range(0, n, batch_size):
+            index = order[start:start + batch_size]
+            yield prepare(run, images[index], train), labels[index]
+        return
+    # A folder dataset: DataLoader workers decode and augment; the order is seeded per epoch.
+    order = torch.Generator().manual_seed(run.cfg.seed * 100_003 + run.epoch)
+    loader = torch.utils.data.DataLoader(split, batch_size, shuffle=train, generator=order,
+                                         num_workers=run.cfg.workers, pin_memory=run.device.type == "cuda")
+    memory_format = torch.channels_last if run.device.type == "cuda" else torch.preserve_format
+    for x, y in loader:
+        yield x.to(run.device, non_blocking=True, memory_format=memory_format), y.to(run.device)
+
+
 @torch.no_grad()
-def evaluate(run: Run, split: tuple | None, batch_size: int = 1000) -> float | None:
-    """Top-1 accuracy (%) on a split; None when the split is empty."""
+def evaluate(run: Run, split, batch_size: int = 1000) -> float | None:
+    """Top-1 accuracy (%) on a split; None when there is no such split."""
     if split is None:
         return None
     run.model.eval()
-    correct = 0
-    images, labels = split
-    for start in range(0, len(labels), batch_size):
+    correct = total = 0
+    for x, y in batches(run, split, train=False, batch_size=batch_size):
         with torch.autocast(run.device.type, torch.bfloat16, enabled=run.cfg.precision == "bf16"):
-            logits = run.model(prepare(run, images[start:start + batch_size], train=False))
-        correct += int((logits.argmax(1) == labels[start:start + batch_size]).sum())
+            correct += int((run.model(x).argmax(1) == y).sum())
+        total += len(y)
     run.model.train()
-    return 100.0 * correct / len(labels)
+    return 100.0 * correct / total
 
 
 def train(run: Run, out, console) -> dict:
@@ -845,18 +899,14 @@ def train(run: Run, out, console) -> dict:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     model, optimizer, sparsity, cfg = run.model, run.optimizer, run.sparsity, run.cfg
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    images, labels = run.data.train
     model.train()
     while run.epoch < run.epochs:
         started, regrown, loss_sum = time.perf_counter(), 0, torch.zeros((), device=run.device)
-        order = torch.randperm(len(labels), generator=run.generator, device=run.device)
         with Progress(TextColumn(f"epoch {run.epoch + 1}/{run.epochs}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total} steps  {task.fields[status]}"),
                       TimeRemainingColumn(), console=console, transient=True) as progress:
             task = progress.add_task("train", total=run.steps_per_epoch, status="")
-            for i in range(run.steps_per_epoch):
-                batch = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                x, y = prepare(run, images[batch], train=True), labels[batch]
+            for i, (x, y) in enumerate(batches(run, run.data.train, True, cfg.batch_size)):
                 with torch.autocast(run.device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
                     loss = criterion(model(x), y)
                 optimizer.zero_grad(set_to_none=True)
@@ -868,7 +918,7 @@ def train(run: Run, out, console) -> dict:
                     optimizer.step()
                 sparsity.apply_masks()
                 # FLOPs of this step (paper's accounting): RigL's update step pays a dense gradient
-                run.tally.add(run.sparse_cfg.method, run.f_sparse, run.f_dense, updated, len(batch))
+                run.tally.add(run.sparse_cfg.method, run.f_sparse, run.f_dense, updated, len(y))
                 if updated:
                     run.f_sparse = current_forward_flops(run)  # SNFS moves weights between layers
                 run.scheduler.step()
@@ -926,7 +976,7 @@ def flop_summary(run: Run) -> dict:
     """Training FLOPs actually spent and inference FLOPs of the final masks, paper convention.
 
     A training ratio is relative to the dense model trained on the 1× schedule (flops.py)."""
-    dense_1x = 3 * run.f_dense * len(run.data.train[1]) * run.epoch / run.cfg.multiplier
+    dense_1x = 3 * run.f_dense * run.data.num_train * run.epoch / run.cfg.multiplier
     return {"train_flops": run.tally.total, "train_flops_ratio": run.tally.total / dense_1x,
             "inference_flops": run.f_sparse, "inference_flops_ratio": run.f_sparse / run.f_dense,
             "flops_convention": "paper: multiplies and adds counted separately; conv and linear only"}
@@ -1014,7 +1064,7 @@ def print_start(run: Run, config: dict, console) -> None:
     from rich.table import Table
     console.print(f"[bold]config[/] {json.dumps(config['train'])}")
     console.print(f"[bold]sparsity[/] {json.dumps(config['sparsity'])}")
-    console.print(f"device {run.device}, {len(run.data.train[1]):,} training images, "
+    console.print(f"device {run.device}, {run.data.num_train:,} training images, "
                   f"{run.steps_per_epoch} steps/epoch × {run.epochs} epochs, T_end step {run.sparsity.t_end}")
     table = Table("layer", "shape", "density", "active", "weights", "dense FLOPs", "sparse FLOPs",
                   title="masked layers (FLOPs per sample, multiplies and adds counted separately)")

@@ -985,6 +985,32 @@ def test_offline_without_data_says_how_to_provide_it(tmp_path):
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_imagenet_without_its_folder_says_where_it_is_expected(tmp_path):
+    result = cli("train", "--dataset", "imagenet", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    message = " ".join(result.stdout.split())
+    assert "ImageFolder tree" in message and "train/<class>" in message and "Traceback" not in result.stderr
+
+
+def test_imagenet_folder_trains_resnet50(tmp_path):
+    """A tiny ImageFolder tree stands in for ImageNet: the folder path, its DataLoader and the
+    ImageNet ResNet-50 at 224×224 run end to end."""
+    from PIL import Image
+    generator = torch.Generator().manual_seed(0)
+    for split, n in (("train", 4), ("val", 2)):
+        for label in ("a", "b"):
+            (tmp_path / "data" / split / label).mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 256, (48, 64, 3), generator=generator, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(tmp_path / "data" / split / label / f"{i}.png")
+    cfg = rigl.TrainConfig(dataset="imagenet", data_dir=str(tmp_path / "data"), epochs=1, batch_size=3,
+                           val_size=2, workers=0)
+    summary = rigl.start_run(cfg, SparsityConfig(density=0.5, update_interval=2), tmp_path / "run",
+                             resume=False, console=rich_console())
+    assert summary["steps"] == 2 and summary["final_val_acc"] is not None
+    assert summary["inference_flops"] / summary["inference_flops_ratio"] == pytest.approx(8.2e9, rel=0.01)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--density", "1.5"], "density must satisfy 0 < density <= 1"),
     (["--epochs", "0"], "epochs must be an integer >= 1"),
