@@ -31,7 +31,8 @@ Symbols and their names here:
 Training FLOPs per step and sample (the report's appendix, after the paper):
 
     dense                          3 f_D
-    static, set, small-dense       3 f_S              (forward, input gradient, weight gradient)
+    static, set, small-dense,      3 f_S              (forward, input gradient, weight gradient)
+    lottery (a static mask)
     rigl, rigl-sg, rigl-sm         (3 ΔT f_S + 2 f_S + f_D) / (ΔT + 1)   (a dense gradient per update)
     snfs                           2 f_S + f_D        (dense gradients every step)
     pruning                        3 E_t[f_S(t)]      (mean over training of the forward cost)
@@ -66,10 +67,10 @@ REPORT_PRUNING_SCHEDULE = (87_891, 700, 65_918)
 pruning from step 700 to 65,918 = 0.75 T."""
 
 Method = Literal["dense", "static", "set", "small-dense", "rigl", "rigl-sg", "rigl-sm", "snfs",
-                 "pruning"]
+                 "pruning", "lottery"]
 RIGL_METHODS = ("rigl", "rigl-sg", "rigl-sm")
 """RigL and the report's redistribution variants: all take a dense gradient on update steps."""
-SPARSE_METHODS = ("static", "set", "small-dense", "pruning")
+SPARSE_METHODS = ("static", "set", "small-dense", "pruning", "lottery")
 """Methods whose every step is a sparse forward and backward pass, 3 f_S."""
 
 

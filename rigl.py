@@ -7,6 +7,10 @@ Report:    Sundar & Dwaraknath. "[Re] Rigging the Lottery". ReScience C 7(2), 20
 Baselines: SET (Mocanu et al. 2018), SNFS / sparse momentum (Dettmers & Zettlemoyer 2019),
            static sparsity, dense training.
 
+Run:       python rigl.py train --density 0.1     (CIFAR-10, WRN-22-2, RigL, ERK, 250 epochs)
+Target:    report Table 2, RigL (ERK) at d = 0.1: 92.4 ± 0.06 % test accuracy; at d = 0.2: 93.1 ± 0.09.
+FLOPs:     python rigl.py flops --density 0.2     (flops.py; the paper's convention)
+
 Use it from your own loop (README, "Add RigL to your training loop"):
 
     sparsity = Sparsity(model, optimizer, SparsityConfig(density=0.1), total_steps)
@@ -23,7 +27,7 @@ Symbols of the paper and their names here:
     ΔT       update_interval    training steps between mask updates
     T_end    t_end              fraction of training after which the masks are frozen
     f_decay  cosine_drop_fraction   α_t = α/2 · (1 + cos(π t / T_end))
-    ε        erk_scale          the ER/ERK normaliser that meets the density budget
+    ε        eps                the ER/ERK normaliser that meets the density budget
 
 This part of the file (configuration, layer densities, masks, schedule, drop and grow, the
 `Sparsity` holder) imports only torch and the standard library, so it can be copied on its own.
@@ -45,7 +49,12 @@ from torch import nn
 
 log = logging.getLogger("rigl")
 
-Method = Literal["rigl", "set", "snfs", "static", "dense"]
+Method = Literal["rigl", "set", "snfs", "static", "dense", "pruning", "rigl-sg", "rigl-sm",
+                 "small-dense", "lottery"]
+DROP_AND_GROW = ("rigl", "set", "snfs", "rigl-sg", "rigl-sm")
+"""Methods that drop and regrow connections every ΔT steps until T_end."""
+REDISTRIBUTING = {"snfs": "momentum", "rigl-sm": "momentum", "rigl-sg": "gradient"}
+"""Methods that move layer budgets by the mean |momentum| or |gradient| of active weights."""
 Distribution = Literal["uniform", "er", "erk"]
 GrowInit = Literal["zeros"]
 
@@ -60,7 +69,8 @@ class SparsityConfig:
     """Every hyperparameter of sparse training, with the paper's defaults."""
 
     method: Method = "rigl"
-    """rigl | set | snfs | static | dense: how the masks change (paper Sec. 3, report Sec. 2)."""
+    """rigl | set | snfs | static | dense | pruning | rigl-sg | rigl-sm | small-dense | lottery:
+    how the masks change (paper Sec. 3; report Sec. 2; README "Methods")."""
     density: float = 0.1
     """d, overall fraction of active conv/linear weights; the report's Table 2 uses 0.1 and 0.2."""
     distribution: Distribution = "erk"
@@ -73,6 +83,8 @@ class SparsityConfig:
     """ΔT, training steps between mask updates; 100 (paper Sec. 4.1)."""
     t_end: float = 0.75
     """T_end as a fraction of all training steps; masks are frozen after it. 0.75 (paper Sec. 4.1)."""
+    t_start: float = 700 / 87_891
+    """Pruning only: fraction of training at which gradual pruning starts; step 700 of 87,891 (RR)."""
     grow_init: GrowInit = "zeros"
     """Initial value of grown connections: zero, as in the paper (Sec. 3) and TF's default."""
     dense_layers: tuple[str, ...] | None = None
@@ -88,6 +100,7 @@ class SparsityConfig:
         _check_range("density", self.density, 0.0, 1.0, "0 < density <= 1", low_open=True)
         _check_range("drop_fraction", self.drop_fraction, 0.0, 1.0, "0 <= drop_fraction <= 1")
         _check_range("t_end", self.t_end, 0.0, 1.0, "0 < t_end <= 1", low_open=True)
+        _check_range("t_start", self.t_start, 0.0, self.t_end, "0 <= t_start <= t_end")
         _check_range("erk_power_scale", self.erk_power_scale, 0.0, math.inf, "erk_power_scale >= 0")
         if isinstance(self.update_interval, bool) or not isinstance(self.update_interval, int) \
                 or self.update_interval < 1:
@@ -158,7 +171,7 @@ def layer_densities(shapes: dict[str, torch.Size], config: SparsityConfig,
                     dense_layers: tuple[str, ...]) -> dict[str, float]:
     """Density of every masked weight: `dense_layers` at 1, the rest by the configured distribution."""
     sparse = {name: s for name, s in shapes.items() if name not in dense_layers}
-    if config.method == "dense":
+    if config.method in ("dense", "small-dense", "pruning"):  # pruning starts dense
         densities = {name: 1.0 for name in sparse}
     elif config.distribution == "uniform":
         densities = uniform_densities(sparse, config.density)
@@ -249,6 +262,11 @@ def pruning_density(step: int, final_density: float, t_start: int, t_end: int) -
     # s(t) = s_f + (0 - s_f) · (1 - (t - t0)/(t1 - t0))³
     sparsity = s_f - s_f * (1.0 - (step - t_start) / (t_end - t_start)) ** 3
     return 1.0 - sparsity
+
+
+def is_pruning_step(step: int, update_interval: int, t_start: int, t_end: int) -> bool:
+    """Gradual pruning prunes every ΔT steps after t0, and once more at T_end to hit d exactly."""
+    return t_start < step <= t_end and ((step - t_start) % update_interval == 0 or step == t_end)
 
 
 def is_update_step(step: int, update_interval: int, t_end: int) -> bool:
@@ -344,6 +362,11 @@ class Sparsity:
         self.masks = {name: random_mask(w.shape, active_count(self.densities[name], w.numel()),
                                         self.generator)
                       for name, w in self.weights.items() if self.densities[name] < 1.0}
+        if config.method == "pruning":  # every layer not kept dense by choice is pruned, from dense
+            self.masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in self.weights.items()
+                          if name not in self.dense_layers}
+        self.t_start = int(config.t_start * total_steps)
+        self.masks_changed = False
         self.apply_masks()
         self._log_dense_choice()
 
@@ -363,11 +386,15 @@ class Sparsity:
         weights and their momentum at zero (SNFS keeps dense gradients for its dense momentum).
         """
         self.step_count += 1
-        cfg = self.config
-        if cfg.method in ("rigl", "set", "snfs") and \
-                is_update_step(self.step_count, cfg.update_interval, self.t_end):
-            self.update_masks(cosine_drop_fraction(self.step_count, cfg.drop_fraction, self.t_end))
+        cfg, t = self.config, self.step_count
+        self.masks_changed = False
+        if cfg.method in DROP_AND_GROW and is_update_step(t, cfg.update_interval, self.t_end):
+            self.update_masks(cosine_drop_fraction(t, cfg.drop_fraction, self.t_end))
+            self.masks_changed = True
             return True
+        if cfg.method == "pruning" and is_pruning_step(t, cfg.update_interval, self.t_start, self.t_end):
+            self.prune(pruning_density(t, cfg.density, self.t_start, self.t_end))
+            self.masks_changed = True  # pruning needs no gradient: the optimizer step still runs
         if cfg.method != "snfs":
             self.mask_gradients()
         return False
@@ -405,22 +432,41 @@ class Sparsity:
         self.last_update = {"step": self.step_count, "drop_fraction": drop_fraction, "grown": grown}
 
     def _regrowth_counts(self, n_drop: dict[str, int], kept: dict[str, torch.Tensor]) -> dict[str, int]:
-        """RigL and SET regrow what each layer dropped; SNFS redistributes the total by momentum."""
-        if self.config.method != "snfs":
+        """RigL and SET regrow what each layer dropped. SNFS and RigL-SM redistribute the total
+        by the mean |momentum| of each layer's active weights, RigL-SG by their mean |gradient|."""
+        statistic = REDISTRIBUTING.get(self.config.method)
+        if statistic is None:
             return n_drop
-        mean_momentum = {name: self.momentum(name).abs()[mask].mean().item()
-                         for name, mask in self.masks.items()}
+        score = {name: (self.momentum(name) if statistic == "momentum" else self.gradient(name))
+                 .abs()[mask].mean().item() for name, mask in self.masks.items()}
         capacity = {name: k.numel() - int(k.sum()) for name, k in kept.items()}
-        return redistribute(sum(n_drop.values()), mean_momentum, capacity)
+        return redistribute(sum(n_drop.values()), score, capacity)
+
+    @torch.no_grad()
+    def prune(self, density: float) -> None:
+        """Gradual magnitude pruning: keep the round(d(t) · N) largest |w| over all pruned layers
+        (global ranking, as the report's code); never grows."""
+        names = list(self.masks)
+        scores = torch.cat([self.weights[n].abs().masked_fill(~self.masks[n], -math.inf).flatten()
+                            for n in names])
+        n_keep = min(round(density * scores.numel()), int(sum(int(self.masks[n].sum()) for n in names)))
+        keep = top_k_mask(scores, n_keep, self.generator).split([self.masks[n].numel() for n in names])
+        for name, kept in zip(names, keep):
+            self._replace_mask(name, kept.view_as(self.masks[name]))
+        self.last_update = {"step": self.step_count, "drop_fraction": 0.0, "grown": 0}
 
     def grow_scores(self, name: str) -> torch.Tensor:
-        """RigL: |∂L/∂w| of the dense weight; SET: uniform noise; SNFS: |momentum|."""
+        """RigL (and RigL-SG/SM): |∂L/∂w| of the dense weight; SET: uniform noise; SNFS: |momentum|."""
         weight = self.weights[name]
         if self.config.method == "set":
             return torch.rand(weight.shape, generator=self.generator, device=weight.device)
         if self.config.method == "snfs":
             return self.momentum(name).abs()
-        return weight.grad.abs() if weight.grad is not None else torch.zeros_like(weight)
+        return self.gradient(name).abs()
+
+    def gradient(self, name: str) -> torch.Tensor:
+        weight = self.weights[name]
+        return weight.grad if weight.grad is not None else torch.zeros_like(weight)
 
     def momentum(self, name: str) -> torch.Tensor:
         """The optimizer's first moment of a weight (SGD momentum buffer or Adam's exp_avg)."""
@@ -429,7 +475,7 @@ class Sparsity:
         for key in ("momentum_buffer", "exp_avg"):
             if state.get(key) is not None:
                 return state[key]
-        return weight.grad if weight.grad is not None else torch.zeros_like(weight)
+        return self.gradient(name)
 
     def _replace_mask(self, name: str, new: torch.Tensor) -> int:
         """Install a new mask; returns how many connections are new.
@@ -454,10 +500,20 @@ class Sparsity:
         state = self.optimizer.state.get(weight, {})
         return [t for t in state.values() if torch.is_tensor(t) and t.shape == weight.shape]
 
+    @torch.no_grad()
+    def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Train with given masks from now on, e.g. a lottery ticket: a pruning run's final masks."""
+        for name, mask in masks.items():
+            if name not in self.weights or mask.shape != self.weights[name].shape:
+                raise ValueError(f"mask {name} of shape {tuple(mask.shape)} fits no masked weight")
+        device = next(iter(self.weights.values())).device
+        self.masks = {name: mask.to(device=device, dtype=torch.bool) for name, mask in masks.items()}
+        self.apply_masks()
+
     def _check_counts(self, before: dict[str, int]) -> None:
         after = {name: int(mask.sum()) for name, mask in self.masks.items()}
-        if self.config.method == "snfs":
-            assert sum(after.values()) == sum(before.values()), "SNFS must keep the global count"
+        if self.config.method in REDISTRIBUTING:
+            assert sum(after.values()) == sum(before.values()), "redistribution keeps the global count"
         else:
             assert after == before, "an update must keep every layer's active count"
 
@@ -558,6 +614,9 @@ class TrainConfig:
     """fp32 | bf16 (autocast on the forward pass)."""
     workers: int = 8
     """DataLoader worker processes for ImageNet (CIFAR is held in memory and needs none)."""
+    mask_from: str | None = None
+    """Lottery only: a finished run's directory (a pruning run) whose final masks and initial
+    weights are retrained with a static mask (Frankle & Carbin 2019; report Sec. 4)."""
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, Dataset)
@@ -816,9 +875,13 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
     import flops
     from models import build_model
     device = pick_device(cfg.device)
+    if (sparse_cfg.method == "lottery") != (cfg.mask_from is not None):
+        raise ValueError("method lottery needs --mask-from RUN_DIR, and --mask-from needs method lottery")
     data = load_data(cfg)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, num_classes=data.num_classes).to(device)
+    width = small_dense_width(cfg.model, data.num_classes, sparse_cfg) \
+        if sparse_cfg.method == "small-dense" else 1.0
+    model = build_model(cfg.model, num_classes=data.num_classes, width_scale=width).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
@@ -828,6 +891,10 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total, cfg.warmup, cfg.lr_milestones, cfg.lr_gamma))
     sparsity = Sparsity(model, optimizer, sparse_cfg, total_steps=total)
+    if sparse_cfg.method == "lottery":
+        init, masks = lottery_ticket(cfg)
+        model.load_state_dict(init)
+        sparsity.set_masks(masks)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     if data.mean is not None:  # the fast path: the dataset lives on the device, augmented there
         data.train, data.test = [(x.to(device), y.to(device)) for x, y in (data.train, data.test)]
@@ -839,6 +906,40 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
     run.f_dense = flops.PAPER_FLOPS_PER_MAC * sum(run.dense_macs.values())
     run.f_sparse = current_forward_flops(run)
     return run
+
+
+def small_dense_width(model_name: str, num_classes: int, sparse_cfg: SparsityConfig) -> float:
+    """Small-Dense: the channel scale at which the dense model has as many conv and linear weights
+    as the sparse model has active ones (RR scales by √d; we solve for the count, by bisection)."""
+    from models import build_model
+
+    def weights(scale: float) -> int:
+        with torch.device("meta"):
+            return sum(w.numel() for w in masked_weights(build_model(model_name, num_classes,
+                                                                     width_scale=scale)).values())
+    with torch.device("meta"):
+        full = build_model(model_name, num_classes)
+    sparse = model_densities(full, replace(sparse_cfg, method="static"))
+    target = sum(active_count(d, w.numel()) for d, w in zip(sparse.values(), masked_weights(full).values()))
+    low, high = 0.01, 1.0
+    for _ in range(30):
+        middle = (low + high) / 2
+        low, high = (middle, high) if weights(middle) < target else (low, middle)
+    return min((low, high), key=lambda s: abs(weights(s) - target))
+
+
+def lottery_ticket(cfg: TrainConfig) -> tuple[dict, dict]:
+    """The initial weights (init.pt) and final masks (checkpoint.pt) of the run in --mask-from."""
+    from pathlib import Path
+    source = Path(cfg.mask_from)
+    if not (source / "init.pt").exists() or not (source / "checkpoint.pt").exists():
+        raise UsageError(f"--mask-from {source}: expected a finished run's init.pt and checkpoint.pt there")
+    config = json.loads((source / "config.json").read_text())["train"]
+    if (config["model"], config["dataset"]) != (cfg.model, cfg.dataset):
+        raise UsageError(f"--mask-from {source} trained {config['model']} on {config['dataset']}, "
+                         f"not {cfg.model} on {cfg.dataset}")
+    masks = torch.load(source / "checkpoint.pt", weights_only=True)["sparsity"]["masks"]
+    return torch.load(source / "init.pt", weights_only=True), masks
 
 
 def current_forward_flops(run: Run) -> float:
@@ -919,8 +1020,8 @@ def train(run: Run, out, console) -> dict:
                 sparsity.apply_masks()
                 # FLOPs of this step (paper's accounting): RigL's update step pays a dense gradient
                 run.tally.add(run.sparse_cfg.method, run.f_sparse, run.f_dense, updated, len(y))
-                if updated:
-                    run.f_sparse = current_forward_flops(run)  # SNFS moves weights between layers
+                if sparsity.masks_changed:  # SNFS, RigL-SG/SM and pruning change layer densities
+                    run.f_sparse = current_forward_flops(run)
                 run.scheduler.step()
                 run.step += 1
                 loss_sum += loss.detach()
@@ -943,7 +1044,7 @@ METRIC_KEYS = ("epoch", "step", "lr", "train_loss", "val_acc", "test_acc", "drop
 
 def epoch_record(run: Run, train_loss: float, regrown: int) -> dict:
     """One line of metrics.jsonl: the same keys every epoch (README, "Metrics")."""
-    dynamic = run.sparse_cfg.method in ("rigl", "set", "snfs")
+    dynamic = run.sparse_cfg.method in DROP_AND_GROW
     alpha = cosine_drop_fraction(run.step, run.sparse_cfg.drop_fraction, run.sparsity.t_end)
     return {"epoch": run.epoch, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
             "train_loss": train_loss, "val_acc": evaluate(run, run.data.val),
@@ -1049,6 +1150,7 @@ def start_run(cfg: TrainConfig, sparse_cfg: SparsityConfig, out, resume: bool, c
         console.print(f"resumed {out} at epoch {run.epoch}, step {run.step}")
     else:
         atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+        atomic_write(out / "init.pt", lambda p: torch.save(run.model.state_dict(), p))  # for lottery
     print_start(run, config, console)
     summary = train(run, out, console)
     console.print(f"done: test acc {summary['final_test_acc']:.2f}%, best val acc "
@@ -1134,9 +1236,9 @@ def train_command(**options) -> None:
     from rich.console import Console
     console = Console() if sys.stdout.isatty() else Console(width=200)  # pipes get whole lines
     try:
-        cfg = from_cli(TrainConfig, options)
+        cfg = resolve_recipe(from_cli(TrainConfig, options))
         sparse_cfg = from_cli(SparsityConfig, options)
-        out = options["out"] or (f"runs/{cfg.dataset}-{cfg.model or 'recipe'}-{sparse_cfg.method}-"
+        out = options["out"] or (f"runs/{cfg.dataset}-{cfg.model}-{sparse_cfg.method}-"
                                  f"{sparse_cfg.distribution}-d{sparse_cfg.density}-s{cfg.seed}")
         start_run(cfg, sparse_cfg, out, options["resume"], console)
     except (ValueError, UsageError, DataUnavailable) as error:

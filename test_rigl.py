@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -19,7 +21,7 @@ import rigl
 from models import MODEL_NAMES_HELP, Bottleneck, WideBasicBlock, build_model
 from rigl import Sparsity, SparsityConfig
 
-SPARSE_METHODS = ["rigl", "set", "snfs", "static"]
+SPARSE_METHODS = ["rigl", "set", "snfs", "static", "rigl-sg", "rigl-sm"]
 
 
 def small_net() -> nn.Module:
@@ -130,7 +132,7 @@ def test_exact_active_counts_after_init_and_50_updates(method):
         updates += sparsity.last_update["step"] == sparsity.step_count
         counts = {r["name"]: r["active"] for r in sparsity.layer_stats()}
         nonzero = {n: int((w != 0).sum()) for n, w in sparsity.weights.items()}
-        if method == "snfs":  # SNFS moves budget between layers, never the global count
+        if method in rigl.REDISTRIBUTING:  # they move budget between layers, never the global count
             assert sum(counts.values()) == sum(expected.values())
         else:
             assert counts == expected
@@ -167,6 +169,77 @@ def test_snfs_keeps_dense_momentum_but_sparse_weights():
     weight = sparsity.weights[name]
     assert torch.all(weight[~mask] == 0)
     assert (optimizer.state[weight]["momentum_buffer"][~mask] != 0).float().mean() > 0.5
+
+
+@pytest.mark.parametrize("method", ["rigl-sg", "rigl-sm"])
+def test_rigl_redistribution_moves_budget_to_the_layer_with_larger_statistic(method):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 30, bias=False), nn.Linear(30, 30, bias=False))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sparsity = Sparsity(model, optimizer, SparsityConfig(method=method, density=0.2), total_steps=100)
+    before = {n: int(m.sum()) for n, m in sparsity.masks.items()}
+    for scale, weight in zip([1.0, 5.0], sparsity.weights.values()):
+        weight.grad = torch.randn_like(weight) * scale
+        optimizer.state[weight]["momentum_buffer"] = torch.randn_like(weight) * scale
+    sparsity.update_masks(0.3)
+    after = {n: int(m.sum()) for n, m in sparsity.masks.items()}
+    first, second = list(before)
+    assert after[second] - before[second] == before[first] - after[first] > 0
+
+
+def test_pruning_reaches_the_target_count_at_t_end_and_never_grows():
+    model = small_net()
+    optimizer = sgd(model)
+    cfg = SparsityConfig(method="pruning", density=0.2, update_interval=3, t_start=0.1, t_end=0.75)
+    sparsity = Sparsity(model, optimizer, cfg, total_steps=40)
+    total = sum(m.numel() for m in sparsity.masks.values())
+    assert sum(int(m.sum()) for m in sparsity.masks.values()) == total  # starts dense
+    assert (sparsity.t_start, sparsity.t_end) == (4, 30)
+    previous = {n: m.clone() for n, m in sparsity.masks.items()}
+    pruned_at = []
+    for step in range(1, 41):
+        train(model, optimizer, sparsity, 1)
+        assert all(not (m & ~previous[n]).any() for n, m in sparsity.masks.items())  # never grows
+        active = sum(int(m.sum()) for m in sparsity.masks.values())
+        if sparsity.masks_changed:
+            pruned_at.append(step)
+            assert active == round(rigl.pruning_density(step, 0.2, 4, 30) * total)
+        previous = {n: m.clone() for n, m in sparsity.masks.items()}
+        for name, mask in sparsity.masks.items():
+            assert torch.all(sparsity.weights[name][~mask] == 0)
+    assert pruned_at == [7, 10, 13, 16, 19, 22, 25, 28, 30]
+    assert active == round(0.2 * total)
+
+
+def test_small_dense_matches_the_sparse_parameter_count():
+    for density, distribution in [(0.1, "erk"), (0.2, "uniform")]:
+        cfg = SparsityConfig(method="small-dense", density=density, distribution=distribution)
+        full = build_model("wrn-22-2", 10)
+        sparse = Sparsity(full, None, SparsityConfig(density=density, distribution=distribution), 10)
+        target = sum(r["active"] for r in sparse.layer_stats())
+        small = build_model("wrn-22-2", 10, width_scale=rigl.small_dense_width("wrn-22-2", 10, cfg))
+        count = sum(w.numel() for w in rigl.masked_weights(small).values())
+        assert abs(count - target) / target < 0.02
+        assert Sparsity(small, None, cfg, 10).masks == {}  # trained dense
+
+
+def test_lottery_retrains_the_pruning_masks_from_the_same_initialisation(tmp_path):
+    prune_cfg = rigl.TrainConfig(dataset="synthetic", train_subset=256, val_size=0, epochs=2, batch_size=64)
+    rigl.start_run(prune_cfg, SparsityConfig(method="pruning", density=0.3, update_interval=2),
+                   tmp_path / "pruning", resume=False, console=rich_console())
+    final = torch.load(tmp_path / "pruning" / "checkpoint.pt", weights_only=True)["sparsity"]["masks"]
+    init = torch.load(tmp_path / "pruning" / "init.pt", weights_only=True)
+    ticket_cfg = rigl.resolve_recipe(rigl.TrainConfig(dataset="synthetic", train_subset=256, val_size=0,
+                                                      epochs=1, seed=5, mask_from=str(tmp_path / "pruning")))
+    run = rigl.build_run(ticket_cfg, SparsityConfig(method="lottery", density=0.3))
+    assert run.sparsity.masks.keys() == final.keys()
+    for name, mask in final.items():
+        assert torch.equal(run.sparsity.masks[name], mask)
+        assert torch.equal(run.sparsity.weights[name].detach(), init[name] * mask)
+    active = sum(int(m.sum()) for m in final.values())
+    assert active == round(0.3 * sum(m.numel() for m in final.values()))
+    with pytest.raises(ValueError, match="method lottery needs --mask-from"):
+        rigl.build_run(replace(ticket_cfg, mask_from=None), SparsityConfig(method="lottery"))
 
 
 def slow_rigl_update(weight, grad, mask, k):
@@ -384,7 +457,7 @@ def test_load_state_dict_refuses_other_layers():
     ("density", -0.1, "density must satisfy 0 < density <= 1"),
     ("density", 1.5, "density must satisfy 0 < density <= 1"),
     ("distribution", "gaussian", "distribution must be one of uniform | er | erk"),
-    ("method", "magic", "method must be one of rigl | set | snfs | static | dense"),
+    ("method", "magic", "method must be one of rigl | set | snfs | static | dense | pruning"),
     ("update_interval", 0, "update_interval must be an integer >= 1"),
     ("update_interval", 2.5, "update_interval must be an integer >= 1"),
     ("drop_fraction", -0.1, "drop_fraction must satisfy 0 <= drop_fraction <= 1"),
