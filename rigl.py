@@ -837,6 +837,7 @@ class Run:
     step: int = 0
     elapsed: float = 0.0
     history: list | None = None
+    layer_history: list | None = None
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -844,7 +845,8 @@ class Run:
                 "data_rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "flops": self.tally.state_dict(), "epoch": self.epoch, "step": self.step,
-                "elapsed": self.elapsed, "history": self.history}
+                "elapsed": self.elapsed, "history": self.history,
+                "layer_history": self.layer_history}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -858,7 +860,7 @@ class Run:
         self.tally.load_state_dict(state["flops"])
         self.f_sparse = current_forward_flops(self)
         self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
-        self.history = state["history"]
+        self.history, self.layer_history = state["history"], state["layer_history"]
 
 
 def pick_device(name: str) -> torch.device:
@@ -901,11 +903,17 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
         data.val = (data.val[0].to(device), data.val[1].to(device)) if data.val else None
         data.mean, data.std = data.mean.to(device), data.std.to(device)
     run = Run(cfg, sparse_cfg, data, device, model, optimizer, scheduler, sparsity, generator,
-              steps_per_epoch, epochs, history=[], tally=flops.FlopTally(),
+              steps_per_epoch, epochs, history=[], layer_history=[], tally=flops.FlopTally(),
               dense_macs=flops.dense_layer_macs(model, 224 if cfg.dataset == "imagenet" else 32))
     run.f_dense = flops.PAPER_FLOPS_PER_MAC * sum(run.dense_macs.values())
     run.f_sparse = current_forward_flops(run)
+    run.layer_history.append(layer_densities_now(run))
     return run
+
+
+def layer_densities_now(run: Run) -> dict:
+    """One line of densities.jsonl: every masked layer's density after `run.epoch` epochs."""
+    return {"epoch": run.epoch, "densities": {r["name"]: r["density"] for r in run.sparsity.layer_stats()}}
 
 
 def small_dense_width(model_name: str, num_classes: int, sparse_cfg: SparsityConfig) -> float:
@@ -1033,6 +1041,7 @@ def train(run: Run, out, console) -> dict:
         run.epoch += 1
         record = epoch_record(run, float(loss_sum) / run.steps_per_epoch, regrown)
         run.history.append(record)
+        run.layer_history.append(layer_densities_now(run))
         console.print(format_record(record), soft_wrap=True, highlight=False)
         save_run_files(run, out)
     return write_summary(run, out)
@@ -1067,10 +1076,11 @@ def atomic_write(path, write) -> None:
 
 
 def save_run_files(run: Run, out) -> None:
-    """checkpoint.pt and metrics.jsonl, both replaced atomically at the end of every epoch."""
+    """checkpoint.pt, metrics.jsonl and densities.jsonl, replaced atomically after every epoch."""
     atomic_write(out / "checkpoint.pt", lambda p: torch.save(run.state_dict(), p))
-    lines = "".join(json.dumps(r) + "\n" for r in run.history)
-    atomic_write(out / "metrics.jsonl", lambda p: p.write_text(lines))
+    for name, records in (("metrics.jsonl", run.history), ("densities.jsonl", run.layer_history)):
+        lines = "".join(json.dumps(r) + "\n" for r in records)
+        atomic_write(out / name, lambda p: p.write_text(lines))
 
 
 def flop_summary(run: Run) -> dict:
@@ -1249,6 +1259,87 @@ def train_command(**options) -> None:
         raise SystemExit(130)
 
 
+SWEEP_AXES = {"methods": ("method", str), "densities": ("density", float),
+              "distributions": ("distribution", str), "seeds": ("seed", int),
+              "multipliers": ("multiplier", float), "drop_fractions": ("drop_fraction", float),
+              "update_intervals": ("update_interval", int)}
+"""The sweep's grid: option name -> (configuration field, type of its comma-separated values)."""
+
+
+def sweep_cells(grid: dict[str, list]) -> list[dict]:
+    """Every combination of the grid's values, one run each. Dense and small-dense ignore the
+    distribution (dense the density too), so their duplicates are dropped; lottery cells follow
+    the pruning cell whose masks they retrain."""
+    import itertools
+    fields = [SWEEP_AXES[axis][0] for axis in grid]
+    cells, seen = [], set()
+    for values in itertools.product(*grid.values()):
+        cell = dict(zip(fields, values))
+        if cell["method"] in ("dense", "small-dense"):
+            cell["distribution"] = "erk"
+        if cell["method"] == "dense":
+            cell["density"] = 1.0
+        key = tuple(sorted(cell.items()))
+        if key not in seen:
+            seen.add(key)
+            cells.append(cell)
+    order = {"pruning": 0, "lottery": 2}
+    return sorted(cells, key=lambda c: order.get(c["method"], 1))
+
+
+def cell_name(cell: dict, varied: set[str]) -> str:
+    """A readable run directory name, e.g. rigl-erk-d0.1-x1.0-s0 (α and ΔT when the sweep varies them)."""
+    name = cell["method"] if cell["method"] == "dense" else \
+        f"{cell['method']}-{cell['distribution']}-d{cell['density']}"
+    name += f"-x{cell['multiplier']}"
+    if "drop_fraction" in varied:
+        name += f"-a{cell['drop_fraction']}"
+    if "update_interval" in varied:
+        name += f"-dt{cell['update_interval']}"
+    return name + f"-s{cell['seed']}"
+
+
+def sweep_command(**options) -> None:
+    """Run a grid of training runs one after another into ROOT, one run directory per cell;
+    finished cells are skipped and an interrupted one resumes, so a killed sweep restarts where it
+    stopped. Options not in the grid apply to every run."""
+    from pathlib import Path
+    from rich.console import Console
+    console = Console() if sys.stdout.isatty() else Console(width=200)  # pipes get whole lines
+    root = Path(options["root"])
+    try:
+        grid = {axis: [kind(v) for v in str(options[axis]).split(",") if v.strip()]
+                for axis, (_, kind) in SWEEP_AXES.items()}
+        cells = sweep_cells(grid)
+        varied = {SWEEP_AXES[a][0] for a, values in grid.items() if len(values) > 1}
+        varied |= {f for f, default in (("drop_fraction", 0.3), ("update_interval", 100))
+                   if any(c[f] != default for c in cells)}
+        names = [cell_name(cell, varied) for cell in cells]
+        for cell in cells:  # check every cell before the first one trains
+            from_cli(SparsityConfig, {**options, **cell})
+            if cell["method"] == "lottery" and "pruning" not in grid["methods"]:
+                raise ValueError("lottery cells retrain the masks of pruning cells: add pruning to --methods")
+        for i, (cell, name) in enumerate(zip(cells, names), 1):
+            out = root / name
+            state = "done" if (out / "summary.json").exists() else \
+                "resume" if (out / "checkpoint.pt").exists() else "new"
+            console.print(f"[{i}/{len(cells)}] {name}: {state}", highlight=False)
+            if options["dry_run"] or state == "done":
+                continue
+            cfg = from_cli(TrainConfig, {**options, "seed": cell["seed"], "multiplier": cell["multiplier"]})
+            if cell["method"] == "lottery":
+                ticket = {**cell, "method": "pruning"}
+                cfg = replace(cfg, mask_from=str(root / cell_name(ticket, varied)))
+            sparse_cfg = from_cli(SparsityConfig, {**options, **cell})
+            start_run(cfg, sparse_cfg, out, state == "resume", console)
+    except (ValueError, UsageError, DataUnavailable) as error:
+        console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise SystemExit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted: rerun the same sweep command to continue where it stopped")
+        raise SystemExit(130)
+
+
 DATASET_SHAPES = {"cifar10": (10, 32), "cifar100": (100, 32), "imagenet": (1000, 224),
                   "synthetic": (10, 32)}
 """Number of classes and input size of each dataset (FLOPs are counted at that size)."""
@@ -1330,6 +1421,20 @@ def main() -> None:
            inspect.Parameter("json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=typing.Annotated[
                bool, typer.Option("--json", help="Print one JSON object instead of tables.")])])
     app.command("flops")(flops_command)
+    P = inspect.Parameter
+    grid = [P(axis, P.KEYWORD_ONLY, default=default, annotation=typing.Annotated[str, typer.Option(
+                help=f"Comma-separated values of --{field.replace('_', '-')} to sweep over.")])
+            for (axis, (field, _)), default in zip(SWEEP_AXES.items(),
+                                                    ("rigl", "0.1", "erk", "0", "1.0", "0.3", "100"))]
+    sweep_command.__signature__ = inspect.Signature(
+        [P("root", P.POSITIONAL_OR_KEYWORD, annotation=typing.Annotated[str, typer.Argument(
+            help="Directory that receives one run directory per cell.")])]
+        + grid + cli_parameters(TrainConfig, skip=("seed", "multiplier", "mask_from"))
+        + cli_parameters(SparsityConfig, skip=("seed", "method", "density", "distribution",
+                                               "drop_fraction", "update_interval"))
+        + [P("dry_run", P.KEYWORD_ONLY, default=False, annotation=typing.Annotated[
+            bool, typer.Option("--dry-run", help="List the cells and their state; train nothing.")])])
+    app.command("sweep")(sweep_command)
     app()
 
 

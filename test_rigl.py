@@ -1098,6 +1098,43 @@ def test_bad_option_values_are_rejected_with_a_message(tmp_path, args, message):
     assert "Traceback" not in result.stdout + result.stderr
 
 
+SWEEP_SMOKE = ["--dataset", "synthetic", "--model", "wrn-10-1", "--train-subset", "512", "--val-size", "256",
+               "--batch-size", "64", "--update-intervals", "4"]
+
+
+def test_sweep_lists_its_cells_and_names_them_readably(tmp_path):
+    result = cli("sweep", str(tmp_path), "--methods", "dense,rigl,pruning,lottery", "--densities", "0.1,0.2",
+                 "--distributions", "erk,uniform", "--seeds", "0,1", "--dry-run", *SWEEP_SMOKE)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 + 3 * 8  # dense once per seed; 2 densities × 2 distributions × 2 seeds each
+    assert lines[0].endswith("pruning-erk-d0.1-x1.0-dt4-s0: new")  # pruning runs before its lottery
+    assert any(line.endswith("dense-x1.0-dt4-s1: new") for line in lines)
+    assert not any(tmp_path.iterdir())  # a dry run trains nothing
+    bad = cli("sweep", str(tmp_path), "--methods", "rigl,lottery", "--dry-run", *SWEEP_SMOKE)
+    assert bad.returncode == 2 and "add pruning to --methods" in bad.stdout
+
+
+def test_sweep_skips_finished_cells_and_resumes_a_killed_one(tmp_path):
+    args = [sys.executable, "rigl.py", "sweep", str(tmp_path), "--methods", "static,set", *SWEEP_SMOKE,
+            "--epochs", "3"]
+    first, second = tmp_path / "static-erk-d0.1-x1.0-dt4-s0", tmp_path / "set-erk-d0.1-x1.0-dt4-s0"
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not ((second / "metrics.jsonl").exists() and (second / "metrics.jsonl").read_text()):
+        assert process.poll() is None and time.time() < deadline, "the sweep ended before the kill"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (first / "summary.json").exists() and not (second / "summary.json").exists()
+    finished_first = (first / "summary.json").read_text()
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"{first.name}: done" in again.stdout and f"{second.name}: resume" in again.stdout
+    assert (first / "summary.json").read_text() == finished_first  # untouched
+    assert len(read_jsonl(second / "metrics.jsonl")) == 3 and (second / "summary.json").exists()
+
+
 @pytest.mark.skipif(not os.environ.get("RIGL_DATA_DIR"),
                     reason="set RIGL_DATA_DIR to a folder holding cifar-10-batches-py (.ci/run does)")
 def test_rigl_on_real_cifar10_learns(tmp_path):

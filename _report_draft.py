@@ -1,0 +1,406 @@
+"""Draft of `python rigl.py report ROOT`: the report's Table 2 and figures from finished run directories.
+
+To be pasted into rigl.py as its own section. Top-level imports are standard library only; matplotlib
+and rich are imported inside the functions that need them, like the rest of rigl.py's tooling.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+# ---------------------------------------------------------------------------------------------
+# Report: Table 2 and figures from run directories   (report Sec. 4, Table 2; Figures 2-4)
+# ---------------------------------------------------------------------------------------------
+
+METHOD_NAMES = {"dense": "Dense", "small-dense": "Small-Dense", "static": "Static", "set": "SET",
+                "rigl": "RigL", "snfs": "SNFS", "pruning": "Pruning", "lottery": "Lottery",
+                "rigl-sg": "RigL-SG", "rigl-sm": "RigL-SM"}
+"""How the report writes each method; the dict's order is the row order of the table."""
+DISTRIBUTION_SUFFIX = {"-": "", "uniform": "", "er": " (ER)", "erk": " (ERK)"}
+"""The report leaves uniform unmarked and writes "(ERK)" after the method (Table 2)."""
+UNMASKED = ("dense", "small-dense")
+"""Methods without masks: their layer distribution means nothing and is shown as "-"."""
+DEFAULT_ALPHA, DEFAULT_INTERVAL = 0.3, 100
+"""α and ΔT of the paper (Sec. 4.1); a row names them only when a run used other values."""
+GROUP_KEYS = ("dataset", "model", "method", "distribution", "multiplier", "drop_fraction",
+              "update_interval", "density")
+"""A group is every run with the same configuration but the seed."""
+ROW_KEYS = GROUP_KEYS[:-1]
+"""A table row is a group without its density: the densities are the columns."""
+
+
+def find_run_dirs(root) -> tuple[list[Path], list[Path]]:
+    """Finished runs (config.json and summary.json) and unfinished ones (config.json only)."""
+    finished, unfinished = [], []
+    for config in sorted(Path(root).rglob("config.json")):
+        (finished if (config.parent / "summary.json").exists() else unfinished).append(config.parent)
+    return finished, unfinished
+
+
+def config_record(path: Path) -> dict:
+    """What a run directory's config.json says, in the report's terms (finished or not)."""
+    config = json.loads((Path(path) / "config.json").read_text())
+    train, sparse = config["train"], config["sparsity"]
+    method = sparse["method"]
+    return {"path": str(path), "dataset": train["dataset"], "model": train["model"], "method": method,
+            "distribution": "-" if method in UNMASKED else sparse["distribution"],
+            # Dense is trained at d = 1 whatever --density said; Small-Dense keeps the d it matches.
+            "density": 1.0 if method == "dense" else sparse["density"],
+            "multiplier": train["multiplier"], "seed": train["seed"],
+            "drop_fraction": sparse["drop_fraction"], "update_interval": sparse["update_interval"]}
+
+
+def run_record(path: Path) -> dict:
+    """One finished run as a flat dict: its configuration and its final numbers."""
+    summary = json.loads((path / "summary.json").read_text())
+    return {**config_record(path), "test_acc": summary["final_test_acc"],
+            "val_acc": summary.get("final_val_acc"),
+            # Summaries older than the FLOP accounting have no ratios: None, shown as "n/a".
+            "train_flops_ratio": summary.get("train_flops_ratio"),
+            "inference_flops_ratio": summary.get("inference_flops_ratio"),
+            "epochs": summary.get("epochs")}
+
+
+def collect_runs(root) -> list[dict]:
+    """Every finished run under `root`, sorted by configuration, then seed, then path."""
+    finished, _ = find_run_dirs(root)
+    runs = [run_record(path) for path in finished]
+    return sorted(runs, key=lambda r: (*[r[k] for k in GROUP_KEYS], r["seed"], r["path"]))
+
+
+def mean_or_none(values: list) -> float | None:
+    """Mean of the values that are known; None when none is."""
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known else None
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+    """One dict per configuration: seeds counted, test accuracy mean and sample std, mean FLOPs."""
+    by_key: dict[tuple, list[dict]] = {}
+    for run in runs:
+        by_key.setdefault(tuple(run[k] for k in GROUP_KEYS), []).append(run)
+    groups = []
+    for key, members in sorted(by_key.items()):
+        members = sorted(members, key=lambda r: (r["seed"], r["path"]))
+        accs = [r["test_acc"] for r in members]
+        groups.append({**dict(zip(GROUP_KEYS, key)), "n": len(members),
+                       "test_mean": statistics.fmean(accs),
+                       # Sample std (ddof = 1), as the report's "±"; a single seed has no spread.
+                       "test_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                       "train_flops_ratio": mean_or_none([r["train_flops_ratio"] for r in members]),
+                       "inference_flops_ratio": mean_or_none([r["inference_flops_ratio"] for r in members]),
+                       "seeds": [r["seed"] for r in members], "paths": [r["path"] for r in members]})
+    return groups
+
+
+def several_tasks(groups: list[dict]) -> bool:
+    """True when the groups mix datasets or models: labels then have to name them."""
+    return len({(g["dataset"], g["model"]) for g in groups}) > 1
+
+
+def group_label(group: dict, with_task: bool = False) -> str:
+    """The report's name of a row: "RigL 2× (ERK)", plus α and ΔT when they are not the paper's."""
+    label = METHOD_NAMES.get(group["method"], group["method"])
+    if group["multiplier"] != 1:
+        label += f" {group['multiplier']:g}×"
+    label += DISTRIBUTION_SUFFIX.get(group["distribution"], f" ({group['distribution']})")
+    if group["drop_fraction"] != DEFAULT_ALPHA:
+        label += f" α={group['drop_fraction']:g}"
+    if group["update_interval"] != DEFAULT_INTERVAL:
+        label += f" ΔT={group['update_interval']}"
+    return f"{group['dataset']} {group['model']}: {label}" if with_task else label
+
+
+def row_order(row_key: tuple) -> tuple:
+    """Table order: task, then 1× before 2×, unmasked and uniform before ER and ERK, then method."""
+    row = dict(zip(ROW_KEYS, row_key))
+    methods, distributions = list(METHOD_NAMES), list(DISTRIBUTION_SUFFIX)
+    return (row["dataset"], row["model"], row["multiplier"],
+            distributions.index(row["distribution"]) if row["distribution"] in distributions else 99,
+            methods.index(row["method"]) if row["method"] in methods else 99,
+            row["method"], row["drop_fraction"], row["update_interval"])
+
+
+def format_ratio(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}×"
+
+
+def format_cell(group: dict) -> str:
+    """"92.41 ± 0.06 (0.35×, 0.35×)": test accuracy over seeds, (training, inference) FLOPs ×dense."""
+    return (f"{group['test_mean']:.2f} ± {group['test_std']:.2f} "
+            f"({format_ratio(group['train_flops_ratio'])}, {format_ratio(group['inference_flops_ratio'])})")
+
+
+def format_seeds(counts: list[int]) -> str:
+    return str(min(counts)) if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+
+
+def table_rows(groups: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Table 2's layout: a row per method, distribution, multiplier (α, ΔT); a column per density.
+
+    Densities ascend left to right. Dense is trained at d = 1 and so fills the last column, "d = 1",
+    alone (the report prints it under d = 0.1; its own column keeps every column one density)."""
+    densities = sorted({g["density"] for g in groups})
+    rows_by_key: dict[tuple, list[dict]] = {}
+    for group in groups:
+        rows_by_key.setdefault(tuple(group[k] for k in ROW_KEYS), []).append(group)
+    with_task = several_tasks(groups)
+    header = ["method", *[f"d = {d:g}" for d in densities], "seeds"]
+    rows = []
+    for key in sorted(rows_by_key, key=row_order):
+        members = rows_by_key[key]
+        cells = {g["density"]: format_cell(g) for g in members}
+        rows.append([group_label(members[0], with_task), *[cells.get(d, "") for d in densities],
+                     format_seeds([g["n"] for g in members])])
+    return header, rows
+
+
+CSV_COLUMNS = ("dataset", "model", "method", "distribution", "multiplier", "drop_fraction",
+               "update_interval", "density", "n", "test_mean", "test_std", "train_flops_ratio",
+               "inference_flops_ratio")
+
+
+def table_caption(groups: list[dict]) -> str:
+    tasks = ", ".join(sorted({f"{g['dataset']} {g['model']}" for g in groups}))
+    return (f"Test accuracy (%) on {tasks}: mean ± sample std over seeds, then (training FLOPs, "
+            f"inference FLOPs) as multiples of dense training on the 1× schedule. Dense has its own "
+            f"column, d = 1.")
+
+
+def write_tables(header: list[str], rows: list[list[str]], groups: list[dict], root) -> tuple[Path, Path]:
+    """ROOT/report.md (the formatted table) and ROOT/report.csv (one numeric row per group)."""
+    md_path, csv_path = Path(root) / "report.md", Path(root) / "report.csv"
+    lines = [table_caption(groups), "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(groups)  # None (no FLOPs recorded) becomes an empty field
+    return md_path, csv_path
+
+
+def print_table(header: list[str], rows: list[list[str]], console) -> None:
+    from rich.table import Table
+    table = Table(*header, title="Test accuracy (%) ± std over seeds (training, inference FLOPs ×dense)")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+# Figures. matplotlib's Agg canvas draws straight to a PNG: no screen needed, and no pyplot state,
+# so a figure is freed with the function that made it and none is left open.
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def series_style(i: int) -> dict:
+    """Colour, marker and line style of the i-th series: 10 colours, then new markers and dashes,
+    so twenty-odd methods or layers stay tellable apart."""
+    from matplotlib import colormaps
+    return {"color": colormaps["tab10"].colors[i % 10], "marker": MARKERS[i // 10 % len(MARKERS)],
+            "linestyle": LINESTYLES[i // 10 % len(LINESTYLES)]}
+
+
+def new_axes(width: float = 8.0, height: float = 4.5):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def save(figure, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def legend_outside(ax, fontsize: float = 8) -> None:
+    """Many methods or layers make a long legend: right of the axes it hides no data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=fontsize, frameon=False)
+
+
+def series_by_label(groups: list[dict]) -> dict[str, list[dict]]:
+    """The groups of each table row, by ascending density: one line or marker series per row."""
+    with_task = several_tasks(groups)
+    series: dict[str, list[dict]] = {}
+    for group in sorted(groups, key=lambda g: (row_order(tuple(g[k] for k in ROW_KEYS)), g["density"])):
+        series.setdefault(group_label(group, with_task), []).append(group)
+    return series
+
+
+def plot_dense_reference(groups: list[dict], ax) -> None:
+    """Each dense group as a dashed horizontal line with its ±std band: the accuracy to reach."""
+    for label, members in series_by_label([g for g in groups if g["method"] == "dense"]).items():
+        mean, std = members[0]["test_mean"], members[0]["test_std"]
+        ax.axhline(mean, color="black", linestyle="--", linewidth=1, label=f"{label} (d = 1)")
+        ax.axhspan(mean - std, mean + std, color="black", alpha=0.08, linewidth=0)
+
+
+def plot_accuracy_vs_density(groups: list[dict], path) -> Path | None:
+    """Test accuracy against density, one line with a ±std band per table row, dense dashed.
+    None when there is no sparse group: dense alone has no density axis."""
+    sparse = [g for g in groups if g["method"] != "dense"]
+    if not sparse:
+        return None
+    figure, ax = new_axes()
+    for i, (label, members) in enumerate(series_by_label(sparse).items()):
+        x, y = [g["density"] for g in members], [g["test_mean"] for g in members]
+        std = [g["test_std"] for g in members]
+        style = series_style(i)
+        ax.plot(x, y, markersize=4, label=label, **style)
+        ax.fill_between(x, [a - s for a, s in zip(y, std)], [a + s for a, s in zip(y, std)],
+                        color=style["color"], alpha=0.15, linewidth=0)
+    plot_dense_reference(groups, ax)
+    densities = sorted({g["density"] for g in sparse})
+    ax.set_xscale("log")  # the report's densities (0.05 ... 0.5) are spread evenly on a log axis
+    ax.set_xticks(densities, [f"{d:g}" for d in densities])
+    ax.minorticks_off()
+    ax.set(xlabel="density d (fraction of weights active; log scale)", ylabel="test accuracy (%)",
+           title="Test accuracy against density (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    legend_outside(ax)
+    return save(figure, path)
+
+
+def plot_accuracy_vs_flops(groups: list[dict], path) -> Path | None:
+    """Test accuracy against training FLOPs (×dense on the 1× schedule), error bars = std: methods
+    compared at equal training cost (report Fig. 2). None when no run recorded its FLOPs."""
+    known = [g for g in groups if g["train_flops_ratio"] is not None]
+    if not known:
+        return None
+    figure, ax = new_axes()
+    for i, (label, members) in enumerate(series_by_label(known).items()):
+        x, y = [g["train_flops_ratio"] for g in members], [g["test_mean"] for g in members]
+        style = {"color": "black", "marker": "*", "linestyle": "none"} \
+            if members[0]["method"] == "dense" else series_style(i)
+        ax.errorbar(x, y, yerr=[g["test_std"] for g in members], capsize=2, markersize=5,
+                    linewidth=1, label=label, **style)
+        for g in members:  # which point is which density: a line may hold several
+            ax.annotate(f"{g['density']:g}", (g["train_flops_ratio"], g["test_mean"]), fontsize=6,
+                        color="0.35", xytext=(4, -8), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set(xlabel="training FLOPs (× dense training on the 1× schedule; log scale)",
+           ylabel="test accuracy (%)",
+           title="Test accuracy against training cost (points labelled with density d)")
+    ax.grid(alpha=0.3, which="both")
+    legend_outside(ax)
+    return save(figure, path)
+
+
+def read_densities(run_path) -> list[dict]:
+    """densities.jsonl: layer densities at epoch 0 and after every epoch; [] for older runs."""
+    path = Path(run_path) / "densities.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_title(run_path) -> str:
+    run = config_record(run_path)
+    return f"{group_label(run)}, d = {run['density']:g}, seed {run['seed']}"
+
+
+def plot_layer_densities(run_path, path) -> Path | None:
+    """Per-layer density of the final masks next to the initial allocation (epoch 0 of
+    densities.jsonl, when the run has one). None when the summary lists no layers."""
+    layers = json.loads((Path(run_path) / "summary.json").read_text()).get("layers") or []
+    if not layers:
+        return None
+    names = [layer["name"] for layer in layers]
+    initial = next((r["densities"] for r in read_densities(run_path) if r["epoch"] == 0), None)
+    figure, ax = new_axes(width=max(8.0, 0.32 * len(names)), height=5.0)
+    x = list(range(len(names)))
+    width = 0.4 if initial else 0.8
+    if initial:
+        ax.bar([i - width / 2 for i in x], [initial.get(n, 0.0) for n in names], width,
+               color="0.7", label="initial (epoch 0)")
+    ax.bar([i + width / 2 for i in x] if initial else x, [layer["density"] for layer in layers],
+           width, color="tab:blue", label="final masks")
+    ax.set_xticks(x, names, rotation=90, fontsize=6)
+    ax.set_ylim(0, 1.05)
+    ax.set(xlabel="layer", ylabel="density (fraction of weights active)",
+           title=f"Per-layer density: {run_title(run_path)}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(figure, path)
+
+
+def plot_density_over_training(run_path, path) -> Path | None:
+    """Each layer's density after every epoch (densities.jsonl): how RigL-SG/SM move the budget.
+    None when the run has fewer than two records (older runs have none)."""
+    records = read_densities(run_path)
+    if len(records) < 2:
+        return None
+    epochs = [r["epoch"] for r in records]
+    figure, ax = new_axes(width=9.0, height=5.0)
+    for i, name in enumerate(records[0]["densities"]):
+        ax.plot(epochs, [r["densities"].get(name) for r in records], linewidth=1, markersize=0,
+                label=name, **series_style(i))
+    ax.set(xlabel="epoch", ylabel="density (fraction of weights active)",
+           title=f"Layer densities during training: {run_title(run_path)}")
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+    legend_outside(ax, fontsize=6)
+    return save(figure, path)
+
+
+# The whole report.
+
+def representative_run(runs: list[dict]) -> dict | None:
+    """The run whose masks are drawn: RigL (ERK) at the lowest density if there is one, else the
+    sparse run of lowest density; 1× schedule before longer ones, then the first seed."""
+    masked = [r for r in runs if r["method"] not in UNMASKED]
+    if not masked:
+        return None
+    return min(masked, key=lambda r: (not (r["method"] == "rigl" and r["distribution"] == "erk"),
+                                      r["density"], r["multiplier"] != 1, r["seed"], r["path"]))
+
+
+def group_slug(group: dict) -> str:
+    """A file name part naming one group unambiguously, ASCII only."""
+    return (f"{group['dataset']}-{group['model']}-{group['method']}-{group['distribution']}"
+            f"-d{group['density']:g}-x{group['multiplier']:g}-a{group['drop_fraction']:g}"
+            f"-dt{group['update_interval']}")
+
+
+def report_figures(runs: list[dict], groups: list[dict], folder: Path) -> list[Path]:
+    """Every figure of the report that the runs can fill; the paths written."""
+    written = [plot_accuracy_vs_density(groups, folder / "accuracy_vs_density.png"),
+               plot_accuracy_vs_flops(groups, folder / "accuracy_vs_flops.png")]
+    chosen = representative_run(runs)
+    if chosen is not None:
+        written.append(plot_layer_densities(chosen["path"], folder / "layer_densities.png"))
+    for group in groups:
+        if group["method"] in ("rigl-sg", "rigl-sm"):  # the methods whose layer budgets move
+            name = f"density_over_training_{group_slug(group)}.png"
+            written.append(plot_density_over_training(group["paths"][0], folder / name))
+    return [path for path in written if path is not None]
+
+
+def make_report(root, console) -> dict:
+    """Table 2 (printed, ROOT/report.md, ROOT/report.csv) and figures (ROOT/figures/) from every
+    finished run under ROOT. Raises ValueError when there is none."""
+    finished, unfinished = find_run_dirs(root)
+    if not finished:
+        raise ValueError(f"no finished runs (summary.json) under {root}")
+    runs = collect_runs(root)
+    groups = aggregate(runs)
+    header, rows = table_rows(groups)
+    print_table(header, rows, console)
+    tables = list(write_tables(header, rows, groups, root))
+    figures = report_figures(runs, groups, Path(root) / "figures")
+    for path in tables + figures:
+        console.print(f"wrote {path}", highlight=False)
+    if unfinished:
+        console.print(f"note: skipped {len(unfinished)} unfinished run(s) without summary.json: "
+                      + ", ".join(str(p) for p in unfinished), highlight=False, soft_wrap=True)
+    return {"runs": len(runs), "groups": len(groups), "unfinished": [str(p) for p in unfinished],
+            "tables": tables, "figures": figures}
