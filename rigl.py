@@ -389,6 +389,10 @@ class Sparsity:
         cfg, t = self.config, self.step_count
         self.masks_changed = False
         if cfg.method in DROP_AND_GROW and is_update_step(t, cfg.update_interval, self.t_end):
+            if not self.gradients_finite():  # e.g. an fp16 overflow: no ranking can be trusted
+                log.warning("step %d: non-finite gradients, mask update skipped", t)
+                self.mask_gradients()
+                return False
             self.update_masks(cosine_drop_fraction(t, cfg.drop_fraction, self.t_end))
             self.masks_changed = True
             return True
@@ -398,6 +402,9 @@ class Sparsity:
         if cfg.method != "snfs":
             self.mask_gradients()
         return False
+
+    def gradients_finite(self) -> bool:
+        return all(bool(torch.isfinite(self.gradient(name)).all()) for name in self.masks)
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
@@ -566,7 +573,8 @@ class Sparsity:
 # =============================================================================================
 
 Dataset = Literal["cifar10", "cifar100", "imagenet", "synthetic"]
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "fp16"]
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 REPORT_STEPS = 87_891  # 250 epochs of 45,000 images at batch 128, the report's CIFAR run
 
 
@@ -611,7 +619,7 @@ class TrainConfig:
     device: str = "auto"
     """auto (CUDA when available) | cpu | cuda | cuda:N."""
     precision: Precision = "fp32"
-    """fp32 | bf16 (autocast on the forward pass)."""
+    """fp32 | bf16 | fp16: autocast of the forward pass; fp16 adds a gradient scaler."""
     workers: int = 8
     """DataLoader worker processes for ImageNet (CIFAR is held in memory and needs none)."""
     mask_from: str | None = None
@@ -829,6 +837,7 @@ class Run:
     generator: torch.Generator
     steps_per_epoch: int
     epochs: int
+    scaler: object = None
     dense_macs: dict | None = None
     f_dense: float = 0.0
     f_sparse: float = 0.0
@@ -844,7 +853,7 @@ class Run:
                 "scheduler": self.scheduler.state_dict(), "sparsity": self.sparsity.state_dict(),
                 "data_rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "flops": self.tally.state_dict(), "epoch": self.epoch, "step": self.step,
+                "scaler": self.scaler.state_dict(), "flops": self.tally.state_dict(), "epoch": self.epoch, "step": self.step,
                 "elapsed": self.elapsed, "history": self.history,
                 "layer_history": self.layer_history}
 
@@ -858,6 +867,7 @@ class Run:
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.tally.load_state_dict(state["flops"])
+        self.scaler.load_state_dict(state["scaler"])
         self.f_sparse = current_forward_flops(self)
         self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
         self.history, self.layer_history = state["history"], state["layer_history"]
@@ -904,6 +914,7 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
         data.mean, data.std = data.mean.to(device), data.std.to(device)
     run = Run(cfg, sparse_cfg, data, device, model, optimizer, scheduler, sparsity, generator,
               steps_per_epoch, epochs, history=[], layer_history=[], tally=flops.FlopTally(),
+              scaler=torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
               dense_macs=flops.dense_layer_macs(model, 224 if cfg.dataset == "imagenet" else 32))
     run.f_dense = flops.PAPER_FLOPS_PER_MAC * sum(run.dense_macs.values())
     run.f_sparse = current_forward_flops(run)
@@ -967,6 +978,12 @@ def prepare(run: Run, images: torch.Tensor, train: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if run.device.type == "cuda" else x
 
 
+def autocast(run: Run):
+    """Mixed precision of the forward pass (--precision); fp32 disables it."""
+    dtype = AUTOCAST[run.cfg.precision]
+    return torch.autocast(run.device.type, dtype or torch.bfloat16, enabled=dtype is not None)
+
+
 def batches(run: Run, split, train: bool, batch_size: int):
     """(x, y) minibatches of a split on the device: shuffled and augmented for training."""
     if isinstance(split, tuple):
@@ -995,7 +1012,7 @@ def evaluate(run: Run, split, batch_size: int = 1000) -> float | None:
     run.model.eval()
     correct = total = 0
     for x, y in batches(run, split, train=False, batch_size=batch_size):
-        with torch.autocast(run.device.type, torch.bfloat16, enabled=run.cfg.precision == "bf16"):
+        with autocast(run):
             correct += int((run.model(x).argmax(1) == y).sum())
         total += len(y)
     run.model.train()
@@ -1016,15 +1033,17 @@ def train(run: Run, out, console) -> dict:
                       TimeRemainingColumn(), console=console, transient=True) as progress:
             task = progress.add_task("train", total=run.steps_per_epoch, status="")
             for i, (x, y) in enumerate(batches(run, run.data.train, True, cfg.batch_size)):
-                with torch.autocast(run.device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+                with autocast(run):
                     loss = criterion(model(x), y)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                run.scaler.scale(loss).backward()   # fp16 scales the loss; otherwise a no-op
+                run.scaler.unscale_(optimizer)      # the mask update reads the true gradients
                 updated = sparsity.step()
                 if updated:                   # a mask update replaces this optimizer step
                     regrown += sparsity.last_update["grown"]
                 else:
-                    optimizer.step()
+                    run.scaler.step(optimizer)  # skipped by fp16 when the gradients overflowed
+                run.scaler.update()
                 sparsity.apply_masks()
                 # FLOPs of this step (paper's accounting): RigL's update step pays a dense gradient
                 run.tally.add(run.sparse_cfg.method, run.f_sparse, run.f_dense, updated, len(y))
@@ -1340,6 +1359,19 @@ def sweep_command(**options) -> None:
         raise SystemExit(130)
 
 
+def report_command(root: str) -> None:
+    """Table 2 (mean ± std over seeds, with FLOPs) and figures from every finished run under ROOT:
+    printed, and saved as ROOT/report.md, ROOT/report.csv and ROOT/figures/*.png."""
+    import report
+    from rich.console import Console
+    console = Console() if sys.stdout.isatty() else Console(width=200)  # pipes get whole lines
+    try:
+        report.make_report(root, console)
+    except ValueError as error:
+        console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise SystemExit(2)
+
+
 DATASET_SHAPES = {"cifar10": (10, 32), "cifar100": (100, 32), "imagenet": (1000, 224),
                   "synthetic": (10, 32)}
 """Number of classes and input size of each dataset (FLOPs are counted at that size)."""
@@ -1362,7 +1394,10 @@ def flops_command(**options) -> None:
     net = build_model(cfg.model, num_classes=classes)
     # Small-Dense: every channel count scaled by sqrt(d) (RR).
     small = build_model(cfg.model, classes, width_scale=math.sqrt(sparse_cfg.density))
-    report = flops.flop_report(net, size, model_densities(net, sparse_cfg), options["method"],
+    # The distribution's allocation; for pruning it stands for the final masks (an estimate: the
+    # report's pruning ranks globally, so only a run knows its final layer densities).
+    allocation = model_densities(net, replace(sparse_cfg, method="static"))
+    report = flops.flop_report(net, size, allocation, options["method"],
                                sparse_cfg.update_interval, cfg.multiplier, small_dense_model=small)
     report["methods"] = flops.method_table(net, size, sparse_cfg.density, sparse_cfg.update_interval,
                                            cfg.multiplier, small_dense_model=small)
@@ -1435,6 +1470,7 @@ def main() -> None:
         + [P("dry_run", P.KEYWORD_ONLY, default=False, annotation=typing.Annotated[
             bool, typer.Option("--dry-run", help="List the cells and their state; train nothing.")])])
     app.command("sweep")(sweep_command)
+    app.command("report")(report_command)
     app()
 
 

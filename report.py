@@ -1,7 +1,14 @@
-"""Draft of `python rigl.py report ROOT`: the report's Table 2 and figures from finished run directories.
+"""`python rigl.py report ROOT`: the report's Table 2 and figures from finished run directories.
 
-To be pasted into rigl.py as its own section. Top-level imports are standard library only; matplotlib
-and rich are imported inside the functions that need them, like the rest of rigl.py's tooling.
+Report:  Sundar & Dwaraknath. "[Re] Rigging the Lottery". ReScience C 7(2), 2021: Table 2 (test
+         accuracy mean ± std over seeds, with training and test FLOPs ×dense, rows = method and
+         distribution, columns = density) and the accuracy-against-density and -FLOPs figures.
+Input:   every folder under ROOT with config.json and summary.json (`python rigl.py train` or
+         `sweep` wrote them), and densities.jsonl for the per-layer figures.
+Output:  ROOT/report.md, ROOT/report.csv and ROOT/figures/*.png.
+
+Kept apart from rigl.py so that the algorithm file stays a read; only the standard library is
+imported at the top, matplotlib and rich inside the functions that draw and print.
 """
 
 from __future__ import annotations
@@ -10,10 +17,6 @@ import csv
 import json
 import statistics
 from pathlib import Path
-
-# ---------------------------------------------------------------------------------------------
-# Report: Table 2 and figures from run directories   (report Sec. 4, Table 2; Figures 2-4)
-# ---------------------------------------------------------------------------------------------
 
 METHOD_NAMES = {"dense": "Dense", "small-dense": "Small-Dense", "static": "Static", "set": "SET",
                 "rigl": "RigL", "snfs": "SNFS", "pruning": "Pruning", "lottery": "Lottery",
@@ -40,7 +43,7 @@ def find_run_dirs(root) -> tuple[list[Path], list[Path]]:
     return finished, unfinished
 
 
-def config_record(path: Path) -> dict:
+def config_record(path) -> dict:
     """What a run directory's config.json says, in the report's terms (finished or not)."""
     config = json.loads((Path(path) / "config.json").read_text())
     train, sparse = config["train"], config["sparsity"]
@@ -53,9 +56,9 @@ def config_record(path: Path) -> dict:
             "drop_fraction": sparse["drop_fraction"], "update_interval": sparse["update_interval"]}
 
 
-def run_record(path: Path) -> dict:
+def run_record(path) -> dict:
     """One finished run as a flat dict: its configuration and its final numbers."""
-    summary = json.loads((path / "summary.json").read_text())
+    summary = json.loads((Path(path) / "summary.json").read_text())
     return {**config_record(path), "test_acc": summary["final_test_acc"],
             "val_acc": summary.get("final_val_acc"),
             # Summaries older than the FLOP accounting have no ratios: None, shown as "n/a".
@@ -244,23 +247,37 @@ def plot_dense_reference(groups: list[dict], ax) -> None:
         ax.axhspan(mean - std, mean + std, color="black", alpha=0.08, linewidth=0)
 
 
+def label_styles(groups: list[dict]) -> dict[str, dict]:
+    """The style of each sparse table row, the same in every figure that shows it."""
+    sparse = [g for g in groups if g["method"] != "dense"]
+    return {label: series_style(i) for i, label in enumerate(series_by_label(sparse))}
+
+
+def log_axis_ticks(axis) -> None:
+    """Ticks at 1, 2, 5 × 10^k written as plain numbers (0.05, 0.1, 0.2), not as powers of ten."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullLocator
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_locator(NullLocator())
+
+
 def plot_accuracy_vs_density(groups: list[dict], path) -> Path | None:
     """Test accuracy against density, one line with a ±std band per table row, dense dashed.
     None when there is no sparse group: dense alone has no density axis."""
     sparse = [g for g in groups if g["method"] != "dense"]
     if not sparse:
         return None
+    styles = label_styles(groups)
     figure, ax = new_axes()
-    for i, (label, members) in enumerate(series_by_label(sparse).items()):
+    for label, members in series_by_label(sparse).items():
         x, y = [g["density"] for g in members], [g["test_mean"] for g in members]
         std = [g["test_std"] for g in members]
-        style = series_style(i)
-        ax.plot(x, y, markersize=4, label=label, **style)
+        ax.plot(x, y, markersize=4, label=label, **styles[label])
         ax.fill_between(x, [a - s for a, s in zip(y, std)], [a + s for a, s in zip(y, std)],
-                        color=style["color"], alpha=0.15, linewidth=0)
+                        color=styles[label]["color"], alpha=0.15, linewidth=0)
     plot_dense_reference(groups, ax)
-    densities = sorted({g["density"] for g in sparse})
     ax.set_xscale("log")  # the report's densities (0.05 ... 0.5) are spread evenly on a log axis
+    densities = sorted({g["density"] for g in sparse})
     ax.set_xticks(densities, [f"{d:g}" for d in densities])
     ax.minorticks_off()
     ax.set(xlabel="density d (fraction of weights active; log scale)", ylabel="test accuracy (%)",
@@ -272,25 +289,34 @@ def plot_accuracy_vs_density(groups: list[dict], path) -> Path | None:
 
 def plot_accuracy_vs_flops(groups: list[dict], path) -> Path | None:
     """Test accuracy against training FLOPs (×dense on the 1× schedule), error bars = std: methods
-    compared at equal training cost (report Fig. 2). None when no run recorded its FLOPs."""
+    compared at equal training cost. Colour = table row, marker = density. None when no run
+    recorded its FLOPs."""
     known = [g for g in groups if g["train_flops_ratio"] is not None]
     if not known:
         return None
+    styles = label_styles(groups)
+    densities = sorted({g["density"] for g in known if g["method"] != "dense"})
+    marker_of = {d: MARKERS[i % len(MARKERS)] for i, d in enumerate(densities)}
     figure, ax = new_axes()
-    for i, (label, members) in enumerate(series_by_label(known).items()):
-        x, y = [g["train_flops_ratio"] for g in members], [g["test_mean"] for g in members]
-        style = {"color": "black", "marker": "*", "linestyle": "none"} \
-            if members[0]["method"] == "dense" else series_style(i)
-        ax.errorbar(x, y, yerr=[g["test_std"] for g in members], capsize=2, markersize=5,
-                    linewidth=1, label=label, **style)
-        for g in members:  # which point is which density: a line may hold several
-            ax.annotate(f"{g['density']:g}", (g["train_flops_ratio"], g["test_mean"]), fontsize=6,
-                        color="0.35", xytext=(4, -8), textcoords="offset points")
+    for label, members in series_by_label([g for g in known if g["method"] != "dense"]).items():
+        style = styles[label]
+        ax.plot([g["train_flops_ratio"] for g in members], [g["test_mean"] for g in members],
+                color=style["color"], linestyle=style["linestyle"], linewidth=1, label=label)
+        for g in members:
+            ax.errorbar(g["train_flops_ratio"], g["test_mean"], yerr=g["test_std"], capsize=2,
+                        color=style["color"], marker=marker_of[g["density"]], markersize=5)
+    plot_dense_reference(known, ax)
+    for g in known:
+        if g["method"] == "dense":  # where dense training itself sits: 1× its own cost
+            ax.errorbar(g["train_flops_ratio"], g["test_mean"], yerr=g["test_std"], color="black",
+                        marker="*", markersize=9, capsize=2, zorder=5)
+    for d in densities:  # marker key: grey proxies, drawn nowhere
+        ax.plot([], [], color="0.4", marker=marker_of[d], linestyle="none", label=f"d = {d:g}")
     ax.set_xscale("log")
+    log_axis_ticks(ax.xaxis)
     ax.set(xlabel="training FLOPs (× dense training on the 1× schedule; log scale)",
-           ylabel="test accuracy (%)",
-           title="Test accuracy against training cost (points labelled with density d)")
-    ax.grid(alpha=0.3, which="both")
+           ylabel="test accuracy (%)", title="Test accuracy against training cost (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
     legend_outside(ax)
     return save(figure, path)
 
@@ -318,18 +344,18 @@ def plot_layer_densities(run_path, path) -> Path | None:
     initial = next((r["densities"] for r in read_densities(run_path) if r["epoch"] == 0), None)
     figure, ax = new_axes(width=max(8.0, 0.32 * len(names)), height=5.0)
     x = list(range(len(names)))
-    width = 0.4 if initial else 0.8
+    width, shift = (0.4, 0.2) if initial else (0.8, 0.0)  # two bars share a slot, or one fills it
     if initial:
-        ax.bar([i - width / 2 for i in x], [initial.get(n, 0.0) for n in names], width,
+        ax.bar([i - shift for i in x], [initial.get(n, 0.0) for n in names], width,
                color="0.7", label="initial (epoch 0)")
-    ax.bar([i + width / 2 for i in x] if initial else x, [layer["density"] for layer in layers],
-           width, color="tab:blue", label="final masks")
+    ax.bar([i + shift for i in x], [layer["density"] for layer in layers], width,
+           color="tab:blue", label="final masks")
     ax.set_xticks(x, names, rotation=90, fontsize=6)
     ax.set_ylim(0, 1.05)
     ax.set(xlabel="layer", ylabel="density (fraction of weights active)",
            title=f"Per-layer density: {run_title(run_path)}")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     return save(figure, path)
 
 
@@ -342,11 +368,15 @@ def plot_density_over_training(run_path, path) -> Path | None:
     epochs = [r["epoch"] for r in records]
     figure, ax = new_axes(width=9.0, height=5.0)
     for i, name in enumerate(records[0]["densities"]):
-        ax.plot(epochs, [r["densities"].get(name) for r in records], linewidth=1, markersize=0,
-                label=name, **series_style(i))
-    ax.set(xlabel="epoch", ylabel="density (fraction of weights active)",
+        style = series_style(i)  # lines only: 250 epochs of markers would hide them
+        ax.plot(epochs, [r["densities"].get(name) for r in records], color=style["color"],
+                linestyle=style["linestyle"], linewidth=1, label=name)
+    ax.set(xlabel="epoch", ylabel="density (fraction of weights active; log scale)",
            title=f"Layer densities during training: {run_title(run_path)}")
-    ax.set_ylim(0, 1.05)
+    # Log scale: at d = 0.05 most layers sit near 0.05 and a dense first layer at 1; moves of
+    # a few hundredths must still show.
+    ax.set_yscale("log")
+    log_axis_ticks(ax.yaxis)
     ax.grid(alpha=0.3)
     legend_outside(ax, fontsize=6)
     return save(figure, path)
