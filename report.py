@@ -28,6 +28,10 @@ UNMASKED = ("dense", "small-dense")
 """Methods without masks: their layer distribution means nothing and is shown as "-"."""
 DEFAULT_ALPHA, DEFAULT_INTERVAL = 0.3, 100
 """α and ΔT of the paper (Sec. 4.1); a row names them only when a run used other values."""
+USES_ALPHA = ("set", "rigl", "snfs", "rigl-sg", "rigl-sm")
+"""Methods that drop and regrow a fraction α of their connections."""
+USES_INTERVAL = USES_ALPHA + ("pruning",)
+"""Methods whose masks change every ΔT steps."""
 GROUP_KEYS = ("dataset", "model", "method", "distribution", "multiplier", "drop_fraction",
               "update_interval", "density")
 """A group is every run with the same configuration but the seed."""
@@ -53,7 +57,9 @@ def config_record(path) -> dict:
             # Dense is trained at d = 1 whatever --density said; Small-Dense keeps the d it matches.
             "density": 1.0 if method == "dense" else sparse["density"],
             "multiplier": train["multiplier"], "seed": train["seed"],
-            "drop_fraction": sparse["drop_fraction"], "update_interval": sparse["update_interval"]}
+            # α and ΔT only matter where masks change: elsewhere they neither split groups nor label rows.
+            "drop_fraction": sparse["drop_fraction"] if method in USES_ALPHA else DEFAULT_ALPHA,
+            "update_interval": sparse["update_interval"] if method in USES_INTERVAL else DEFAULT_INTERVAL}
 
 
 def run_record(path) -> dict:

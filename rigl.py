@@ -35,6 +35,7 @@ This part of the file (configuration, layer densities, masks, schedule, drop and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -1260,22 +1261,33 @@ def from_cli(cls, options: dict):
     return cls(**values)
 
 
+def make_console():
+    from rich.console import Console
+    return Console() if sys.stdout.isatty() else Console(width=200)  # pipes get whole lines
+
+
+@contextlib.contextmanager
+def user_errors(console, interrupted: str = "interrupted"):
+    """A problem the user can fix ends the command with one line and exit code 2, not a traceback."""
+    try:
+        yield
+    except (ValueError, UsageError, DataUnavailable) as error:
+        console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise SystemExit(2)
+    except KeyboardInterrupt:
+        console.print(interrupted)
+        raise SystemExit(130)
+
+
 def train_command(**options) -> None:
     """Train a model with sparse training (defaults: the report's CIFAR-10 WRN-22-2 RigL run)."""
-    from rich.console import Console
-    console = Console() if sys.stdout.isatty() else Console(width=200)  # pipes get whole lines
-    try:
+    console = make_console()
+    with user_errors(console, "interrupted: the last finished epoch is saved; continue with --resume"):
         cfg = resolve_recipe(from_cli(TrainConfig, options))
         sparse_cfg = from_cli(SparsityConfig, options)
         out = options["out"] or (f"runs/{cfg.dataset}-{cfg.model}-{sparse_cfg.method}-"
                                  f"{sparse_cfg.distribution}-d{sparse_cfg.density}-s{cfg.seed}")
         start_run(cfg, sparse_cfg, out, options["resume"], console)
-    except (ValueError, UsageError, DataUnavailable) as error:
-        console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
-        raise SystemExit(2)
-    except KeyboardInterrupt:
-        console.print("interrupted: the last finished epoch is saved; continue with --resume")
-        raise SystemExit(130)
 
 
 SWEEP_AXES = {"methods": ("method", str), "densities": ("density", float),
@@ -1323,10 +1335,8 @@ def sweep_command(**options) -> None:
     finished cells are skipped and an interrupted one resumes, so a killed sweep restarts where it
     stopped. Options not in the grid apply to every run."""
     from pathlib import Path
-    from rich.console import Console
-    console = Console() if sys.stdout.isatty() else Console(width=200)  # pipes get whole lines
-    root = Path(options["root"])
-    try:
+    console, root = make_console(), Path(options["root"])
+    with user_errors(console, "interrupted: rerun the same sweep command to continue where it stopped"):
         grid = {axis: [kind(v) for v in str(options[axis]).split(",") if v.strip()]
                 for axis, (_, kind) in SWEEP_AXES.items()}
         cells = sweep_cells(grid)
@@ -1351,25 +1361,15 @@ def sweep_command(**options) -> None:
                 cfg = replace(cfg, mask_from=str(root / cell_name(ticket, varied)))
             sparse_cfg = from_cli(SparsityConfig, {**options, **cell})
             start_run(cfg, sparse_cfg, out, state == "resume", console)
-    except (ValueError, UsageError, DataUnavailable) as error:
-        console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
-        raise SystemExit(2)
-    except KeyboardInterrupt:
-        console.print("interrupted: rerun the same sweep command to continue where it stopped")
-        raise SystemExit(130)
 
 
 def report_command(root: str) -> None:
     """Table 2 (mean ± std over seeds, with FLOPs) and figures from every finished run under ROOT:
     printed, and saved as ROOT/report.md, ROOT/report.csv and ROOT/figures/*.png."""
     import report
-    from rich.console import Console
-    console = Console() if sys.stdout.isatty() else Console(width=200)  # pipes get whole lines
-    try:
+    console = make_console()
+    with user_errors(console):
         report.make_report(root, console)
-    except ValueError as error:
-        console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
-        raise SystemExit(2)
 
 
 DATASET_SHAPES = {"cifar10": (10, 32), "cifar100": (100, 32), "imagenet": (1000, 224),
@@ -1381,15 +1381,11 @@ def flops_command(**options) -> None:
     """FLOPs of a model at a density: per layer, inference, training per step, and Table 2's
     columns for every method (paper convention: multiplies and adds counted separately)."""
     import flops
-    from rich.console import Console
     from models import build_model
-    console = Console() if sys.stdout.isatty() else Console(width=200)  # pipes get whole lines
-    try:
+    console = make_console()
+    with user_errors(console):
         cfg = resolve_recipe(from_cli(TrainConfig, options))
         sparse_cfg = from_cli(SparsityConfig, options)
-    except ValueError as error:
-        console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
-        raise SystemExit(2)
     classes, size = DATASET_SHAPES[cfg.dataset]
     net = build_model(cfg.model, num_classes=classes)
     # Small-Dense: every channel count scaled by sqrt(d) (RR).
