@@ -621,6 +621,9 @@ class TrainConfig:
     """auto (CUDA when available) | cpu | cuda | cuda:N."""
     precision: Precision = "fp32"
     """fp32 | bf16 | fp16: autocast of the forward pass; fp16 adds a gradient scaler."""
+    accumulate: int = 1
+    """Gradient accumulation: one optimizer step every N micro-batches of --batch-size; ΔT, T_end
+    and the learning-rate schedule count optimizer steps, and growth sees the accumulated gradient."""
     workers: int = 8
     """DataLoader worker processes for ImageNet (CIFAR is held in memory and needs none)."""
     mask_from: str | None = None
@@ -631,7 +634,7 @@ class TrainConfig:
         _check_choice("dataset", self.dataset, Dataset)
         _check_choice("precision", self.precision, Precision)
         for field, low in [("epochs", 1), ("batch_size", 1), ("val_size", 0), ("train_subset", 0),
-                           ("workers", 0)]:
+                           ("workers", 0), ("accumulate", 1)]:
             value = getattr(self, field)
             if value is not None and (not isinstance(value, int) or value < low):
                 raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")
@@ -898,7 +901,7 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = math.ceil(data.num_train / cfg.batch_size)
+    steps_per_epoch = math.ceil(math.ceil(data.num_train / cfg.batch_size) / cfg.accumulate)
     epochs = round(cfg.epochs * cfg.multiplier)
     total = steps_per_epoch * epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -1029,15 +1032,18 @@ def train(run: Run, out, console) -> dict:
     model.train()
     while run.epoch < run.epochs:
         started, regrown, loss_sum = time.perf_counter(), 0, torch.zeros((), device=run.device)
+        micro_batches, samples, step_in_epoch = math.ceil(run.data.num_train / cfg.batch_size), 0, 0
         with Progress(TextColumn(f"epoch {run.epoch + 1}/{run.epochs}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total} steps  {task.fields[status]}"),
                       TimeRemainingColumn(), console=console, transient=True) as progress:
             task = progress.add_task("train", total=run.steps_per_epoch, status="")
             for i, (x, y) in enumerate(batches(run, run.data.train, True, cfg.batch_size)):
                 with autocast(run):
-                    loss = criterion(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
+                    loss = criterion(model(x), y) / cfg.accumulate
                 run.scaler.scale(loss).backward()   # fp16 scales the loss; otherwise a no-op
+                loss_sum, samples = loss_sum + loss.detach(), samples + len(y)
+                if (i + 1) % cfg.accumulate and i + 1 < micro_batches:
+                    continue                        # --accumulate: gradients add up over micro-batches
                 run.scaler.unscale_(optimizer)      # the mask update reads the true gradients
                 updated = sparsity.step()
                 if updated:                   # a mask update replaces this optimizer step
@@ -1047,16 +1053,16 @@ def train(run: Run, out, console) -> dict:
                 run.scaler.update()
                 sparsity.apply_masks()
                 # FLOPs of this step (paper's accounting): RigL's update step pays a dense gradient
-                run.tally.add(run.sparse_cfg.method, run.f_sparse, run.f_dense, updated, len(y))
+                run.tally.add(run.sparse_cfg.method, run.f_sparse, run.f_dense, updated, samples)
                 if sparsity.masks_changed:  # SNFS, RigL-SG/SM and pruning change layer densities
                     run.f_sparse = current_forward_flops(run)
+                optimizer.zero_grad(set_to_none=True)
                 run.scheduler.step()
-                run.step += 1
-                loss_sum += loss.detach()
-                if i % 20 == 0 or i == run.steps_per_epoch - 1:
+                run.step, step_in_epoch, samples = run.step + 1, step_in_epoch + 1, 0
+                if step_in_epoch % 20 == 1 or step_in_epoch == run.steps_per_epoch:
                     rate = (i + 1) * cfg.batch_size / (time.perf_counter() - started)
-                    progress.update(task, completed=i + 1,
-                                    status=f"loss {loss.item():.3f}  {rate:,.0f} img/s")
+                    progress.update(task, completed=step_in_epoch,
+                                    status=f"loss {loss.item() * cfg.accumulate:.3f}  {rate:,.0f} img/s")
         run.elapsed += time.perf_counter() - started
         run.epoch += 1
         record = epoch_record(run, float(loss_sum) / run.steps_per_epoch, regrown)

@@ -368,6 +368,36 @@ def test_an_update_with_non_finite_gradients_is_skipped_with_a_warning(caplog):
     assert sparsity.step() is True  # finite again: the next update goes ahead
 
 
+def test_accumulated_micro_batches_grow_where_one_big_batch_does():
+    """N micro-batches of B, each loss divided by N, give the gradient of one batch of N·B (no
+    batch norm), hence the same RigL growth; the training loop relies on this for --accumulate."""
+    def grown_after(micro_batches):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(48, 64), nn.ReLU(), nn.Linear(64, 10))
+        sparsity = Sparsity(model, None, SparsityConfig(density=0.3, dense_layers=()), total_steps=10)
+        x, y = torch.randn(32, 3, 4, 4, generator=torch.Generator().manual_seed(1)), torch.arange(32) % 10
+        for xb, yb in zip(x.chunk(micro_batches), y.chunk(micro_batches)):
+            (nn.functional.cross_entropy(model(xb), yb) / micro_batches).backward()
+        sparsity.update_masks(0.3)
+        return {n: m.clone() for n, m in sparsity.masks.items()}
+    one, four = grown_after(1), grown_after(4)
+    assert all(torch.equal(one[n], four[n]) for n in one)
+
+
+def test_training_with_accumulation_counts_optimizer_steps(tmp_path):
+    cfg = rigl.TrainConfig(dataset="synthetic", train_subset=512, val_size=0, epochs=1, batch_size=64,
+                           accumulate=3)
+    summary = rigl.start_run(cfg, SparsityConfig(update_interval=1), tmp_path / "run", resume=False,
+                             console=rich_console())
+    assert summary["steps"] == 3  # 8 micro-batches of 64: steps after 3, 6 and the last 2
+    f_sparse = summary["inference_flops"]
+    f_dense = f_sparse / summary["inference_flops_ratio"]
+    # T_end = int(0.75 · 3) = 2 and updates need t < T_end, so only step 1 pays a dense gradient;
+    # every image is counted once, in the step its micro-batch belongs to.
+    assert summary["train_flops"] == pytest.approx(
+        192 * (2 * f_sparse + f_dense) + 192 * 3 * f_sparse + 128 * 3 * f_sparse, rel=1e-9)
+
+
 def test_ties_are_broken_without_index_bias():
     scores = torch.zeros(1000)
     picks = [torch.where(rigl.top_k_mask(scores, 10, torch.Generator().manual_seed(s)))[0]
