@@ -835,6 +835,7 @@ class Run:
     data: Data
     device: torch.device
     model: nn.Module
+    net: nn.Module  # the model itself, or its DistributedDataParallel wrapper under torchrun
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     sparsity: Sparsity
@@ -877,9 +878,30 @@ class Run:
         self.history, self.layer_history = state["history"], state["layer_history"]
 
 
+def world() -> tuple[int, int]:
+    """(rank, number of processes): under torchrun the process group's, else (0, 1)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device_name: str) -> None:
+    """Join torchrun's process group (NCCL on GPUs, gloo on CPUs) when WORLD_SIZE > 1."""
+    import torch.distributed as dist
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        gpu = torch.cuda.is_available() and device_name != "cpu"
+        if gpu:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if gpu else "gloo")
+        if dist.get_rank() != 0:
+            log.setLevel(logging.WARNING)  # rank 0 tells the story
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        cuda = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if world()[1] > 1 else "cuda"
+        return torch.device(cuda if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for but CUDA is not available")
@@ -901,7 +923,7 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
-    steps_per_epoch = math.ceil(math.ceil(data.num_train / cfg.batch_size) / cfg.accumulate)
+    steps_per_epoch = math.ceil(train_batch_count(data, cfg) / cfg.accumulate)
     epochs = round(cfg.epochs * cfg.multiplier)
     total = steps_per_epoch * epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -916,7 +938,10 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
         data.train, data.test = [(x.to(device), y.to(device)) for x, y in (data.train, data.test)]
         data.val = (data.val[0].to(device), data.val[1].to(device)) if data.val else None
         data.mean, data.std = data.mean.to(device), data.std.to(device)
-    run = Run(cfg, sparse_cfg, data, device, model, optimizer, scheduler, sparsity, generator,
+    net = model
+    if world()[1] > 1:  # gradients are all-reduced in backward, so every rank ranks the same ones
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    run = Run(cfg, sparse_cfg, data, device, model, net, optimizer, scheduler, sparsity, generator,
               steps_per_epoch, epochs, history=[], layer_history=[], tally=flops.FlopTally(),
               scaler=torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
               dense_macs=flops.dense_layer_macs(model, 224 if cfg.dataset == "imagenet" else 32))
@@ -988,8 +1013,19 @@ def autocast(run: Run):
     return torch.autocast(run.device.type, dtype or torch.bfloat16, enabled=dtype is not None)
 
 
+def train_batch_count(data: Data, cfg: TrainConfig) -> int:
+    """Minibatches per epoch. Under torchrun each global batch of --batch-size is split across the
+    ranks; a last in-memory batch with fewer images than ranks is left out."""
+    rank, size = world()
+    if isinstance(data.train, tuple):
+        return data.num_train // cfg.batch_size + (data.num_train % cfg.batch_size >= size)
+    return math.ceil(math.ceil(data.num_train / size) / (cfg.batch_size // size))
+
+
 def batches(run: Run, split, train: bool, batch_size: int):
-    """(x, y) minibatches of a split on the device: shuffled and augmented for training."""
+    """(x, y, images in the global batch) on the device: shuffled and augmented for training.
+    Training batches are this rank's share of the global batch; evaluation sees the whole split."""
+    rank, size = world() if train else (0, 1)
     if isinstance(split, tuple):
         images, labels = split
         n = len(labels)
@@ -997,15 +1033,23 @@ def batches(run: Run, split, train: bool, batch_size: int):
                  else torch.arange(n, device=run.device))
         for start in range(0, n, batch_size):
             index = order[start:start + batch_size]
-            yield prepare(run, images[index], train), labels[index]
+            if len(index) < size:
+                return
+            count, index = len(index), index[rank::size]
+            yield prepare(run, images[index], train), labels[index], count
         return
     # A folder dataset: DataLoader workers decode and augment; the order is seeded per epoch.
     order = torch.Generator().manual_seed(run.cfg.seed * 100_003 + run.epoch)
-    loader = torch.utils.data.DataLoader(split, batch_size, shuffle=train, generator=order,
-                                         num_workers=run.cfg.workers, pin_memory=run.device.type == "cuda")
+    sampler = None
+    if size > 1:
+        sampler = torch.utils.data.DistributedSampler(split, size, rank, shuffle=True, seed=run.cfg.seed)
+        sampler.set_epoch(run.epoch)
+    loader = torch.utils.data.DataLoader(split, batch_size // size, shuffle=train and sampler is None,
+                                         sampler=sampler, generator=order, num_workers=run.cfg.workers,
+                                         pin_memory=run.device.type == "cuda")
     memory_format = torch.channels_last if run.device.type == "cuda" else torch.preserve_format
     for x, y in loader:
-        yield x.to(run.device, non_blocking=True, memory_format=memory_format), y.to(run.device)
+        yield x.to(run.device, non_blocking=True, memory_format=memory_format), y.to(run.device), len(y) * size
 
 
 @torch.no_grad()
@@ -1015,7 +1059,7 @@ def evaluate(run: Run, split, batch_size: int = 1000) -> float | None:
         return None
     run.model.eval()
     correct = total = 0
-    for x, y in batches(run, split, train=False, batch_size=batch_size):
+    for x, y, _ in batches(run, split, train=False, batch_size=batch_size):
         with autocast(run):
             correct += int((run.model(x).argmax(1) == y).sum())
         total += len(y)
@@ -1032,16 +1076,16 @@ def train(run: Run, out, console) -> dict:
     model.train()
     while run.epoch < run.epochs:
         started, regrown, loss_sum = time.perf_counter(), 0, torch.zeros((), device=run.device)
-        micro_batches, samples, step_in_epoch = math.ceil(run.data.num_train / cfg.batch_size), 0, 0
+        micro_batches, samples, step_in_epoch = train_batch_count(run.data, cfg), 0, 0
         with Progress(TextColumn(f"epoch {run.epoch + 1}/{run.epochs}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total} steps  {task.fields[status]}"),
                       TimeRemainingColumn(), console=console, transient=True) as progress:
             task = progress.add_task("train", total=run.steps_per_epoch, status="")
-            for i, (x, y) in enumerate(batches(run, run.data.train, True, cfg.batch_size)):
+            for i, (x, y, count) in enumerate(batches(run, run.data.train, True, cfg.batch_size)):
                 with autocast(run):
-                    loss = criterion(model(x), y) / cfg.accumulate
+                    loss = criterion(run.net(x), y) / cfg.accumulate
                 run.scaler.scale(loss).backward()   # fp16 scales the loss; otherwise a no-op
-                loss_sum, samples = loss_sum + loss.detach(), samples + len(y)
+                loss_sum, samples = loss_sum + loss.detach(), samples + count
                 if (i + 1) % cfg.accumulate and i + 1 < micro_batches:
                     continue                        # --accumulate: gradients add up over micro-batches
                 run.scaler.unscale_(optimizer)      # the mask update reads the true gradients
@@ -1102,7 +1146,11 @@ def atomic_write(path, write) -> None:
 
 
 def save_run_files(run: Run, out) -> None:
-    """checkpoint.pt, metrics.jsonl and densities.jsonl, replaced atomically after every epoch."""
+    """checkpoint.pt, metrics.jsonl and densities.jsonl, replaced atomically after every epoch;
+    under torchrun by rank 0 only, once every rank has checked that they agree."""
+    check_ranks_agree(run)
+    if world()[0] != 0:
+        return
     atomic_write(out / "checkpoint.pt", lambda p: torch.save(run.state_dict(), p))
     for name, records in (("metrics.jsonl", run.history), ("densities.jsonl", run.layer_history)):
         lines = "".join(json.dumps(r) + "\n" for r in records)
@@ -1126,8 +1174,30 @@ def write_summary(run: Run, out) -> dict:
                "wall_time": round(run.elapsed, 3), "density": sum(r["active"] for r in run.sparsity.layer_stats())
                / sum(r["total"] for r in run.sparsity.layer_stats()),
                "layers": run.sparsity.layer_stats(), **flop_summary(run)}
-    atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+    if world()[0] == 0:
+        atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
     return summary
+
+
+def check_ranks_agree(run: Run) -> None:
+    """Under torchrun, every rank must hold the same masks and weights (they rank the same
+    all-reduced gradients with the same generator): compare fingerprints, stop if they differ."""
+    import hashlib
+    import torch.distributed as dist
+    rank, size = world()
+    if size == 1:
+        return
+    digest = hashlib.sha256()
+    for name, weight in run.sparsity.weights.items():
+        mask = run.sparsity.masks.get(name)
+        for tensor in (weight.detach(), mask) if mask is not None else (weight.detach(),):
+            digest.update(tensor.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    fingerprints = [None] * size
+    dist.all_gather_object(fingerprints, digest.hexdigest())
+    if len(set(fingerprints)) != 1:
+        raise RuntimeError(f"ranks disagree on masks or weights after epoch {run.epoch}: {fingerprints}")
+    if rank == 0:
+        log.info("epoch %d: masks and weights identical on all %d ranks", run.epoch, size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1163,8 +1233,11 @@ def config_differences(saved: dict, now: dict) -> list[str]:
 
 
 def start_run(cfg: TrainConfig, sparse_cfg: SparsityConfig, out, resume: bool, console) -> dict:
-    """Resolve the recipe, create or resume the run directory `out`, and train."""
+    """Resolve the recipe, create or resume the run directory `out`, and train (under torchrun,
+    every process runs this; rank 0 prints and writes)."""
+    import io
     from pathlib import Path
+    from rich.console import Console
     out = Path(out)
     cfg = resolve_recipe(cfg)
     sparse_cfg = replace(sparse_cfg, seed=cfg.seed)
@@ -1179,12 +1252,15 @@ def start_run(cfg: TrainConfig, sparse_cfg: SparsityConfig, out, resume: bool, c
     elif checkpoint.exists():
         raise UsageError(f"{out} already holds a run; pass --resume to continue it, "
                          f"or choose another --out")
+    init_distributed(cfg.device)
     run = build_run(cfg, sparse_cfg)
+    if world()[0] != 0:
+        console = Console(file=io.StringIO())  # one rank speaks and writes
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         run.load_state_dict(torch.load(checkpoint, map_location=run.device, weights_only=True))
         console.print(f"resumed {out} at epoch {run.epoch}, step {run.step}")
-    else:
+    elif world()[0] == 0:
         atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
         atomic_write(out / "init.pt", lambda p: torch.save(run.model.state_dict(), p))  # for lottery
     print_start(run, config, console)
@@ -1283,6 +1359,10 @@ def user_errors(console, interrupted: str = "interrupted"):
     except KeyboardInterrupt:
         console.print(interrupted)
         raise SystemExit(130)
+    finally:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def train_command(**options) -> None:
