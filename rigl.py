@@ -372,6 +372,8 @@ class Sparsity:
         self._log_dense_choice()
 
     def _log_dense_choice(self) -> None:
+        if self.config.method in ("dense", "small-dense"):
+            return
         capped = [n for n, d in self.densities.items() if d >= 1.0 and n not in self.dense_layers]
         log.info("dense by choice (outside the density budget): %s", list(self.dense_layers) or "none")
         log.info("dense by the %s capping: %s", self.config.distribution, capped or "none")
@@ -1458,6 +1460,107 @@ def report_command(root: str) -> None:
         report.make_report(root, console)
 
 
+# ---------------------------------------------------------------------------------------------
+# Benchmark: what the masks cost in wall-clock time, side by side with dense training
+# ---------------------------------------------------------------------------------------------
+
+BENCH_MODELS = {"wrn-22-2": (10, 32, 128), "resnet50": (1000, 224, 32)}
+"""Model -> (classes, input size, default batch): CIFAR shapes for WRN-22-2, ImageNet for ResNet-50."""
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_method(name: str, method: str, batch: int, density: float, update_interval: int,
+                 device: torch.device) -> dict:
+    """Mean training step time over a full ΔT window (its one mask update included), the time of
+    one mask update alone, and peak CUDA memory, for one model under one method."""
+    from models import build_model
+    classes, size, _ = BENCH_MODELS[name]
+    torch.manual_seed(0)
+    model = build_model(name, classes).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sparsity = Sparsity(model, optimizer, SparsityConfig(method=method, density=density,
+                                                         update_interval=update_interval, t_end=1.0),
+                        total_steps=100 * update_interval)
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, classes, (batch,), device=device)
+
+    def train_step():
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if not sparsity.step():
+            optimizer.step()
+        sparsity.apply_masks()
+    for _ in range(2):  # warm-up: allocator, kernels, momentum buffers
+        train_step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(update_interval):  # steps 3 .. ΔT + 2 hold the update at t = ΔT
+        train_step()
+    synchronize(device)
+    step = (time.perf_counter() - started) / update_interval
+    update = None
+    if method in DROP_AND_GROW:
+        started = time.perf_counter()
+        sparsity.update_masks(0.3)
+        synchronize(device)
+        update = time.perf_counter() - started
+    memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return {"model": name, "method": method, "batch": batch, "step_s": step, "update_s": update,
+            "peak_memory_bytes": memory}
+
+
+BENCH_OPTIONS = [("models", str, "wrn-22-2,resnet50", "Comma-separated: wrn-22-2 (CIFAR shapes), resnet50 (ImageNet shapes)."),
+                 ("methods", str, "static,set,rigl,snfs", "Comma-separated sparse methods, each timed beside dense."),
+                 ("density", float, 0.1, "Overall density d of the sparse methods (ERK)."),
+                 ("update_interval", int, 100, "ΔT: steps per timed window, one of them a mask update."),
+                 ("batch_size", int, 0, "Batch; 0 = 128 for wrn-22-2, 32 for resnet50."),
+                 ("device", str, "auto", "auto (CUDA when available) | cpu | cuda | cuda:N."),
+                 ("json_output", bool, False, "Print one JSON object instead of the table.")]
+"""The bench command's options: name, type, default, help."""
+
+
+def bench_command(models: str = "wrn-22-2,resnet50", methods: str = "static,set,rigl,snfs",
+                  density: float = 0.1, update_interval: int = 100, batch_size: int = 0,
+                  device: str = "auto", json_output: bool = False) -> None:
+    """Training step time of dense and of each sparse method, averaged over a ΔT window, one mask
+    update alone, and peak memory, side by side in this process; ratios to dense."""
+    from rich.table import Table
+    console = make_console()
+    with user_errors(console):
+        rows = []
+        for name in [m.strip() for m in models.split(",") if m.strip()]:
+            if name not in BENCH_MODELS:
+                raise ValueError(f"bench models are {', '.join(BENCH_MODELS)}, got {name!r}")
+            batch = batch_size or BENCH_MODELS[name][2]
+            dense = bench_method(name, "dense", batch, density, update_interval, pick_device(device))
+            rows.append({**dense, "step_ratio": 1.0, "update_vs_step": None})
+            for method in [m.strip() for m in methods.split(",") if m.strip()]:
+                SparsityConfig(method=method)  # a clear error for an unknown method
+                r = bench_method(name, method, batch, density, update_interval, pick_device(device))
+                rows.append({**r, "step_ratio": r["step_s"] / dense["step_s"],
+                             "update_vs_step": r["update_s"] / dense["step_s"] if r["update_s"] else None})
+        if json_output:
+            print(json.dumps({"device": str(pick_device(device)), "update_interval": update_interval,
+                              "density": density, "rows": rows}))
+            return
+        table = Table("model", "method", "batch", "step (ms)", "step ×dense", "one update (ms)",
+                      "update / dense step", "peak memory (MiB)",
+                      title=f"{pick_device(device)}: steps averaged over ΔT = {update_interval} (one update each)")
+        for r in rows:
+            table.add_row(r["model"], r["method"], str(r["batch"]), f"{1000 * r['step_s']:.1f}",
+                          f"{r['step_ratio']:.3f}", "-" if r["update_s"] is None else f"{1000 * r['update_s']:.1f}",
+                          "-" if r["update_vs_step"] is None else f"{r['update_vs_step']:.2f}",
+                          "-" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:,.0f}")
+        console.print(table)
+
+
 DATASET_SHAPES = {"cifar10": (10, 32), "cifar100": (100, 32), "imagenet": (1000, 224),
                   "synthetic": (10, 32)}
 """Number of classes and input size of each dataset (FLOPs are counted at that size)."""
@@ -1553,6 +1656,11 @@ def main() -> None:
             bool, typer.Option("--dry-run", help="List the cells and their state; train nothing.")])])
     app.command("sweep")(sweep_command)
     app.command("report")(report_command)
+    bench_command.__signature__ = inspect.Signature(
+        [P(name, P.KEYWORD_ONLY, default=default, annotation=typing.Annotated[kind, typer.Option(
+            *(["--json"] if name == "json_output" else []), help=text)])
+         for name, kind, default, text in BENCH_OPTIONS])
+    app.command("bench")(bench_command)
     app()
 
 

@@ -1218,6 +1218,17 @@ def test_flops_command_states_the_convention():
     assert "multiplies and adds counted separately" in result.stdout and "group3.2.conv2.weight" in result.stdout
 
 
+def test_bench_command_times_dense_and_sparse_side_by_side():
+    result = cli("bench", "--models", "wrn-22-2", "--methods", "rigl,static", "--batch-size", "2",
+                 "--update-interval", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["rows"]
+    assert [r["method"] for r in rows] == ["dense", "rigl", "static"]
+    assert rows[0]["step_ratio"] == 1.0 and all(r["step_s"] > 0 for r in rows)
+    assert rows[1]["update_s"] > 0 and rows[2]["update_s"] is None  # static never updates
+    assert cli("bench", "--models", "vgg", "--json").returncode == 2
+
+
 def test_synthetic_data_is_learnable(tmp_path):
     cfg = rigl.TrainConfig(dataset="synthetic", train_subset=2000, val_size=500, epochs=3, seed=1)
     summary = rigl.start_run(cfg, SparsityConfig(density=0.1, update_interval=10), tmp_path / "run",
