@@ -1218,6 +1218,19 @@ def test_flops_command_states_the_convention():
     assert "multiplies and adds counted separately" in result.stdout and "group3.2.conv2.weight" in result.stdout
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs_train_on_cpu(tmp_path, precision):
+    cfg = rigl.TrainConfig(dataset="synthetic", train_subset=256, val_size=0, epochs=1, batch_size=64,
+                           precision=precision)
+    run = rigl.build_run(rigl.resolve_recipe(cfg), SparsityConfig(update_interval=2))
+    run.data.test = tuple(t[:256] for t in run.data.test)
+    summary = rigl.train(run, tmp_path, rich_console())
+    assert summary["steps"] == 4 and run.scaler.is_enabled() == (precision == "fp16")
+    assert run.sparsity.last_update["step"] == 2  # the update at t = 2 < T_end = 3 happened
+    for name, mask in run.sparsity.masks.items():
+        assert torch.all(run.sparsity.weights[name][~mask] == 0)
+
+
 def test_bench_command_times_dense_and_sparse_side_by_side():
     result = cli("bench", "--models", "wrn-22-2", "--methods", "rigl,static", "--batch-size", "2",
                  "--update-interval", "2", "--json")
