@@ -1521,14 +1521,35 @@ BENCH_OPTIONS = [("models", str, "wrn-22-2,resnet50", "Comma-separated: wrn-22-2
                  ("density", float, 0.1, "Overall density d of the sparse methods (ERK)."),
                  ("update_interval", int, 100, "ΔT: steps per timed window, one of them a mask update."),
                  ("batch_size", int, 0, "Batch; 0 = 128 for wrn-22-2, 32 for resnet50."),
+                 ("repeats", int, 3, "Rounds of dense and every method in turn; the median is kept."),
                  ("device", str, "auto", "auto (CUDA when available) | cpu | cuda | cuda:N."),
                  ("json_output", bool, False, "Print one JSON object instead of the table.")]
 """The bench command's options: name, type, default, help."""
 
 
+def bench_model(name: str, methods: list[str], batch: int, density: float, update_interval: int,
+                repeats: int, device: torch.device) -> list[dict]:
+    """Dense and every method timed in turn, `repeats` rounds, so that drifts of a shared machine
+    hit all of them alike; the median of each is reported, with ratios to dense."""
+    import statistics
+    runs = {m: [] for m in ["dense"] + methods}
+    for _ in range(repeats):
+        for method in runs:
+            runs[method].append(bench_method(name, method, batch, density, update_interval, device))
+    rows, dense_step = [], statistics.median(r["step_s"] for r in runs["dense"])
+    for method, results in runs.items():
+        update = [r["update_s"] for r in results if r["update_s"] is not None]
+        row = {**results[0], "step_s": statistics.median(r["step_s"] for r in results),
+               "update_s": statistics.median(update) if update else None,
+               "peak_memory_bytes": max((r["peak_memory_bytes"] or 0) for r in results) or None}
+        rows.append({**row, "step_ratio": row["step_s"] / dense_step,
+                     "update_vs_step": row["update_s"] / dense_step if update else None})
+    return rows
+
+
 def bench_command(models: str = "wrn-22-2,resnet50", methods: str = "static,set,rigl,snfs",
                   density: float = 0.1, update_interval: int = 100, batch_size: int = 0,
-                  device: str = "auto", json_output: bool = False) -> None:
+                  repeats: int = 3, device: str = "auto", json_output: bool = False) -> None:
     """Training step time of dense and of each sparse method, averaged over a ΔT window, one mask
     update alone, and peak memory, side by side in this process; ratios to dense."""
     from rich.table import Table
@@ -1538,21 +1559,19 @@ def bench_command(models: str = "wrn-22-2,resnet50", methods: str = "static,set,
         for name in [m.strip() for m in models.split(",") if m.strip()]:
             if name not in BENCH_MODELS:
                 raise ValueError(f"bench models are {', '.join(BENCH_MODELS)}, got {name!r}")
-            batch = batch_size or BENCH_MODELS[name][2]
-            dense = bench_method(name, "dense", batch, density, update_interval, pick_device(device))
-            rows.append({**dense, "step_ratio": 1.0, "update_vs_step": None})
-            for method in [m.strip() for m in methods.split(",") if m.strip()]:
+            chosen = [m.strip() for m in methods.split(",") if m.strip()]
+            for method in chosen:
                 SparsityConfig(method=method)  # a clear error for an unknown method
-                r = bench_method(name, method, batch, density, update_interval, pick_device(device))
-                rows.append({**r, "step_ratio": r["step_s"] / dense["step_s"],
-                             "update_vs_step": r["update_s"] / dense["step_s"] if r["update_s"] else None})
+            rows += bench_model(name, chosen, batch_size or BENCH_MODELS[name][2], density,
+                                update_interval, repeats, pick_device(device))
         if json_output:
             print(json.dumps({"device": str(pick_device(device)), "update_interval": update_interval,
-                              "density": density, "rows": rows}))
+                              "density": density, "repeats": repeats, "rows": rows}))
             return
         table = Table("model", "method", "batch", "step (ms)", "step ×dense", "one update (ms)",
                       "update / dense step", "peak memory (MiB)",
-                      title=f"{pick_device(device)}: steps averaged over ΔT = {update_interval} (one update each)")
+                      title=f"{pick_device(device)}: steps averaged over ΔT = {update_interval} (one update "
+                            f"each), median of {repeats} rounds")
         for r in rows:
             table.add_row(r["model"], r["method"], str(r["batch"]), f"{1000 * r['step_s']:.1f}",
                           f"{r['step_ratio']:.3f}", "-" if r["update_s"] is None else f"{1000 * r['update_s']:.1f}",

@@ -1233,7 +1233,7 @@ def test_mixed_precision_runs_train_on_cpu(tmp_path, precision):
 
 def test_bench_command_times_dense_and_sparse_side_by_side():
     result = cli("bench", "--models", "wrn-22-2", "--methods", "rigl,static", "--batch-size", "2",
-                 "--update-interval", "2", "--json")
+                 "--update-interval", "2", "--repeats", "1", "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["rows"]
     assert [r["method"] for r in rows] == ["dense", "rigl", "static"]
