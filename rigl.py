@@ -228,15 +228,19 @@ def random_mask(shape: torch.Size, n_active: int, generator: torch.Generator) ->
 def top_k_mask(scores: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """ArgTopK: a boolean mask of the k largest scores; ties broken uniformly at random.
 
-    The scores are shuffled before the selection, so equal scores are chosen at random instead
-    of by index order; unequal scores keep their exact order. (TF instead adds N(0, 1e-5) noise
-    to the scores, which also reorders near-equal ones.)
+    Every score above the k-th largest is taken; the rest of the k are drawn at random among the
+    scores equal to it, so equal scores are never chosen by index order and unequal ones keep their
+    exact order. (TF instead adds N(0, 1e-5) noise to the scores, which also reorders near-equal ones.)
     """
     flat = scores.flatten()
-    perm = torch.randperm(flat.numel(), generator=generator, device=flat.device)
-    chosen = perm[flat[perm].topk(k, sorted=False).indices]
     mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    mask[chosen] = True
+    if k == 0:
+        return mask.view_as(scores)
+    threshold = flat.topk(k, sorted=False).values.min()
+    mask |= flat > threshold
+    tied = torch.nonzero(flat == threshold).squeeze(1)
+    needed = k - int(mask.sum())
+    mask[tied[torch.randperm(len(tied), generator=generator, device=flat.device)[:needed]]] = True
     return mask.view_as(scores)
 
 
