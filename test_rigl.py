@@ -879,7 +879,7 @@ def test_step_flops_by_hand():
 
 
 @pytest.mark.parametrize("call", [
-    lambda: flops.train_step_flops("lottery", 1.0, 2.0),
+    lambda: flops.train_step_flops("magic", 1.0, 2.0),
     lambda: flops.step_flops("RigL", 1.0, 2.0, True)])
 def test_unknown_method_names_the_allowed_ones(call):
     with pytest.raises(ValueError, match="rigl-sg"):
