@@ -1167,10 +1167,11 @@ def flop_summary(run: Run) -> dict:
     """Training FLOPs actually spent and inference FLOPs of the final masks, paper convention.
 
     A training ratio is relative to the dense model trained on the 1× schedule (flops.py)."""
+    import flops
     dense_1x = 3 * run.f_dense * run.data.num_train * run.epoch / run.cfg.multiplier
     return {"train_flops": run.tally.total, "train_flops_ratio": run.tally.total / dense_1x,
             "inference_flops": run.f_sparse, "inference_flops_ratio": run.f_sparse / run.f_dense,
-            "flops_convention": "paper: multiplies and adds counted separately; conv and linear only"}
+            "flops_convention": flops.CONVENTION}
 
 
 def write_summary(run: Run, out) -> dict:
@@ -1281,6 +1282,7 @@ def start_run(cfg: TrainConfig, sparse_cfg: SparsityConfig, out, resume: bool, c
 
 def print_start(run: Run, config: dict, console) -> None:
     """The resolved configuration and the per-layer density table, once at the start."""
+    import flops
     from rich.table import Table
     console.print(f"[bold]config[/] {json.dumps(config['train'])}")
     console.print(f"[bold]sparsity[/] {json.dumps(config['sparsity'])}")
@@ -1290,7 +1292,7 @@ def print_start(run: Run, config: dict, console) -> None:
                   title="masked layers (FLOPs per sample, multiplies and adds counted separately)")
     rows = run.sparsity.layer_stats()
     for r in rows:
-        dense = 2 * run.dense_macs[r["name"]]
+        dense = flops.PAPER_FLOPS_PER_MAC * run.dense_macs[r["name"]]
         table.add_row(r["name"], str(tuple(r["shape"])), f"{r['density']:.4f}", f"{r['active']:,}",
                       f"{r['total']:,}", f"{dense:.3e}", f"{dense * r['density']:.3e}")
     active, total = sum(r["active"] for r in rows), sum(r["total"] for r in rows)

@@ -1158,6 +1158,15 @@ def cli(*args, timeout=300):
                           text=True, timeout=timeout)
 
 
+def wait_for_first_epoch(process, out, timeout=300):
+    """Return once `out` holds a finished epoch, failing if the process ends first."""
+    deadline = time.time() + timeout
+    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text()):
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline, "no epoch finished in time"
+        time.sleep(0.05)
+
+
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -1260,10 +1269,7 @@ def test_kill_and_resume_ends_bit_identical(tmp_path):
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "rigl.py", *args, "--out", str(killed)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not ((killed / "metrics.jsonl").exists() and (killed / "metrics.jsonl").read_text()):
-        assert process.poll() is None and time.time() < deadline, "run ended before it was killed"
-        time.sleep(0.05)
+    wait_for_first_epoch(process, killed)
     process.send_signal(signal.SIGKILL)
     process.wait()
     epochs_done = len(read_jsonl(killed / "metrics.jsonl"))
@@ -1368,10 +1374,7 @@ def test_sweep_skips_finished_cells_and_resumes_a_killed_one(tmp_path):
             "--epochs", "3"]
     first, second = tmp_path / "static-erk-d0.1-x1.0-dt4-s0", tmp_path / "set-erk-d0.1-x1.0-dt4-s0"
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not ((second / "metrics.jsonl").exists() and (second / "metrics.jsonl").read_text()):
-        assert process.poll() is None and time.time() < deadline, "the sweep ended before the kill"
-        time.sleep(0.05)
+    wait_for_first_epoch(process, second)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert (first / "summary.json").exists() and not (second / "summary.json").exists()
@@ -1422,10 +1425,7 @@ def test_torchrun_ranks_agree_on_masks_and_one_rank_writes(tmp_path):
 def test_torchrun_run_resumes_after_a_kill(tmp_path):
     out = tmp_path / "ddp"
     process = torchrun(*DDP_SMOKE, "--epochs", "3", "--out", str(out))
-    deadline = time.time() + 300
-    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text()):
-        assert process.poll() is None and time.time() < deadline, "the run ended before the kill"
-        time.sleep(0.05)
+    wait_for_first_epoch(process, out)
     # torchrun's workers live in their own process groups: kill every process of this run.
     subprocess.run(["pkill", "-KILL", "-f", str(out)], check=False)
     process.communicate()
