@@ -1059,13 +1059,14 @@ def batches(run: Run, split, train: bool, batch_size: int):
 
 
 @torch.no_grad()
-def evaluate(run: Run, split, batch_size: int = 1000) -> float | None:
-    """Top-1 accuracy (%) on a split; None when there is no such split."""
+def evaluate(run: Run, split) -> float | None:
+    """Top-1 accuracy (%) on a split; None when there is no such split. Batches of the training
+    batch size: on a CPU, batches of 1,000 images ran 2.5x slower than batches of 100."""
     if split is None:
         return None
     run.model.eval()
     correct = total = 0
-    for x, y, _ in batches(run, split, train=False, batch_size=batch_size):
+    for x, y, _ in batches(run, split, train=False, batch_size=run.cfg.batch_size):
         with autocast(run):
             correct += int((run.model(x).argmax(1) == y).sum())
         total += len(y)
