@@ -27,6 +27,7 @@ Reference numbers for the dense models (checked in the tests):
 
 import math
 import re
+from typing import Callable
 
 import torch
 from torch import nn
@@ -257,3 +258,16 @@ def build_model(name: str, num_classes: int, width_scale: float = 1.0) -> nn.Mod
     if key.startswith("wrn-"):
         return _build_wrn(key, num_classes, width_scale)
     raise ValueError(f"unknown model name {name!r}; accepted names: {MODEL_NAMES_HELP}")
+
+
+def width_scale_for(name: str, num_classes: int, target: int, count: Callable[[nn.Module], int]) -> float:
+    """The width_scale at which count(model) comes closest to `target` (Small-Dense: the weights
+    of the sparse model's active connections), by bisection on models without storage."""
+    def counted(scale: float) -> int:
+        with torch.device("meta"):
+            return count(build_model(name, num_classes, width_scale=scale))
+    low, high = 0.01, 1.0
+    for _ in range(30):
+        middle = (low + high) / 2
+        low, high = (middle, high) if counted(middle) < target else (low, middle)
+    return min((low, high), key=lambda s: abs(counted(s) - target))

@@ -7,8 +7,8 @@ Input:   every folder under ROOT with config.json and summary.json (`python rigl
          `sweep` wrote them), and densities.jsonl for the per-layer figures.
 Output:  ROOT/report.md, ROOT/report.csv and ROOT/figures/*.png.
 
-Kept apart from rigl.py so that the algorithm file stays a read; only the standard library is
-imported at the top, matplotlib and rich inside the functions that draw and print.
+A leaf: only the standard library is imported at the top, matplotlib and rich inside the functions
+that draw and print; what it must know of the methods, rigl.py hands over as MethodFacts.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 METHOD_NAMES = {"dense": "Dense", "small-dense": "Small-Dense", "static": "Static", "set": "SET",
@@ -26,12 +27,22 @@ DISTRIBUTION_SUFFIX = {"-": "", "uniform": "", "er": " (ER)", "erk": " (ERK)"}
 """The report leaves uniform unmarked and writes "(ERK)" after the method (Table 2)."""
 UNMASKED = ("dense", "small-dense")
 """Methods without masks: their layer distribution means nothing and is shown as "-"."""
-DEFAULT_ALPHA, DEFAULT_INTERVAL = 0.3, 100
-"""α and ΔT of the paper (Sec. 4.1); a row names them only when a run used other values."""
-USES_ALPHA = ("set", "rigl", "snfs", "rigl-sg", "rigl-sm")
-"""Methods that drop and regrow a fraction α of their connections."""
-USES_INTERVAL = USES_ALPHA + ("pruning",)
-"""Methods whose masks change every ΔT steps."""
+
+
+@dataclass(frozen=True)
+class MethodFacts:
+    """What the report must know of the methods. rigl.py, where they are defined, hands it over."""
+
+    uses_alpha: tuple[str, ...]
+    """Methods that drop and regrow a fraction α of their connections."""
+    uses_interval: tuple[str, ...]
+    """Methods whose masks change every ΔT steps."""
+    alpha: float
+    """The paper's α: a row names α only when a run used another value."""
+    interval: int
+    """The paper's ΔT: a row names ΔT only when a run used another value."""
+
+
 GROUP_KEYS = ("dataset", "model", "method", "distribution", "multiplier", "drop_fraction",
               "update_interval", "density")
 """A group is every run with the same configuration but the seed."""
@@ -47,25 +58,28 @@ def find_run_dirs(root) -> tuple[list[Path], list[Path]]:
     return finished, unfinished
 
 
-def config_record(path) -> dict:
+def config_record(path, facts: MethodFacts) -> dict:
     """What a run directory's config.json says, in the report's terms (finished or not)."""
     config = json.loads((Path(path) / "config.json").read_text())
     train, sparse = config["train"], config["sparsity"]
     method = sparse["method"]
+    # α and ΔT only matter where masks change: elsewhere they neither split groups nor label rows.
+    alpha = sparse["drop_fraction"] if method in facts.uses_alpha else facts.alpha
+    interval = sparse["update_interval"] if method in facts.uses_interval else facts.interval
+    variant = (f" α={alpha:g}" if alpha != facts.alpha else "") + \
+        (f" ΔT={interval}" if interval != facts.interval else "")
     return {"path": str(path), "dataset": train["dataset"], "model": train["model"], "method": method,
             "distribution": "-" if method in UNMASKED else sparse["distribution"],
             # Dense is trained at d = 1 whatever --density said; Small-Dense keeps the d it matches.
             "density": 1.0 if method == "dense" else sparse["density"],
             "multiplier": train["multiplier"], "seed": train["seed"],
-            # α and ΔT only matter where masks change: elsewhere they neither split groups nor label rows.
-            "drop_fraction": sparse["drop_fraction"] if method in USES_ALPHA else DEFAULT_ALPHA,
-            "update_interval": sparse["update_interval"] if method in USES_INTERVAL else DEFAULT_INTERVAL}
+            "drop_fraction": alpha, "update_interval": interval, "variant": variant}
 
 
-def run_record(path) -> dict:
+def run_record(path, facts: MethodFacts) -> dict:
     """One finished run as a flat dict: its configuration and its final numbers."""
     summary = json.loads((Path(path) / "summary.json").read_text())
-    return {**config_record(path), "test_acc": summary["final_test_acc"],
+    return {**config_record(path, facts), "test_acc": summary["final_test_acc"],
             "val_acc": summary.get("final_val_acc"),
             # Summaries older than the FLOP accounting have no ratios: None, shown as "n/a".
             "train_flops_ratio": summary.get("train_flops_ratio"),
@@ -73,10 +87,10 @@ def run_record(path) -> dict:
             "epochs": summary.get("epochs")}
 
 
-def collect_runs(root) -> list[dict]:
+def collect_runs(root, facts: MethodFacts) -> list[dict]:
     """Every finished run under `root`, sorted by configuration, then seed, then path."""
     finished, _ = find_run_dirs(root)
-    runs = [run_record(path) for path in finished]
+    runs = [run_record(path, facts) for path in finished]
     return sorted(runs, key=lambda r: (*[r[k] for k in GROUP_KEYS], r["seed"], r["path"]))
 
 
@@ -95,7 +109,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
     for key, members in sorted(by_key.items()):
         members = sorted(members, key=lambda r: (r["seed"], r["path"]))
         accs = [r["test_acc"] for r in members]
-        groups.append({**dict(zip(GROUP_KEYS, key)), "n": len(members),
+        groups.append({**dict(zip(GROUP_KEYS, key)), "variant": members[0]["variant"], "n": len(members),
                        "test_mean": statistics.fmean(accs),
                        # Sample std (ddof = 1), as the report's "±"; a single seed has no spread.
                        "test_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
@@ -116,10 +130,7 @@ def group_label(group: dict, with_task: bool = False) -> str:
     if group["multiplier"] != 1:
         label += f" {group['multiplier']:g}×"
     label += DISTRIBUTION_SUFFIX.get(group["distribution"], f" ({group['distribution']})")
-    if group["drop_fraction"] != DEFAULT_ALPHA:
-        label += f" α={group['drop_fraction']:g}"
-    if group["update_interval"] != DEFAULT_INTERVAL:
-        label += f" ΔT={group['update_interval']}"
+    label += group["variant"]
     return f"{group['dataset']} {group['model']}: {label}" if with_task else label
 
 
@@ -335,14 +346,14 @@ def read_densities(run_path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_title(run_path) -> str:
-    run = config_record(run_path)
+def run_title(run: dict) -> str:
     return f"{group_label(run)}, d = {run['density']:g}, seed {run['seed']}"
 
 
-def plot_layer_densities(run_path, path) -> Path | None:
-    """Per-layer density of the final masks next to the initial allocation (epoch 0 of
+def plot_layer_densities(run: dict, path) -> Path | None:
+    """Per-layer density of one run's final masks next to its initial allocation (epoch 0 of
     densities.jsonl, when the run has one). None when the summary lists no layers."""
+    run_path = run["path"]
     layers = json.loads((Path(run_path) / "summary.json").read_text()).get("layers") or []
     if not layers:
         return None
@@ -359,16 +370,16 @@ def plot_layer_densities(run_path, path) -> Path | None:
     ax.set_xticks(x, names, rotation=90, fontsize=6)
     ax.set_ylim(0, 1.05)
     ax.set(xlabel="layer", ylabel="density (fraction of weights active)",
-           title=f"Per-layer density: {run_title(run_path)}")
+           title=f"Per-layer density: {run_title(run)}")
     ax.grid(axis="y", alpha=0.3)
     legend_outside(ax)
     return save(figure, path)
 
 
-def plot_density_over_training(run_path, path) -> Path | None:
+def plot_density_over_training(run: dict, path) -> Path | None:
     """Each layer's density after every epoch (densities.jsonl): how RigL-SG/SM move the budget.
     None when the run has fewer than two records (older runs have none)."""
-    records = read_densities(run_path)
+    records = read_densities(run["path"])
     if len(records) < 2:
         return None
     epochs = [r["epoch"] for r in records]
@@ -378,7 +389,7 @@ def plot_density_over_training(run_path, path) -> Path | None:
         ax.plot(epochs, [r["densities"].get(name) for r in records], color=style["color"],
                 linestyle=style["linestyle"], linewidth=1, label=name)
     ax.set(xlabel="epoch", ylabel="density (fraction of weights active; log scale)",
-           title=f"Layer densities during training: {run_title(run_path)}")
+           title=f"Layer densities during training: {run_title(run)}")
     # Log scale: at d = 0.05 most layers sit near 0.05 and a dense first layer at 1; moves of
     # a few hundredths must still show.
     ax.set_yscale("log")
@@ -413,21 +424,22 @@ def report_figures(runs: list[dict], groups: list[dict], folder: Path) -> list[P
                plot_accuracy_vs_flops(groups, folder / "accuracy_vs_flops.png")]
     chosen = representative_run(runs)
     if chosen is not None:
-        written.append(plot_layer_densities(chosen["path"], folder / "layer_densities.png"))
+        written.append(plot_layer_densities(chosen, folder / "layer_densities.png"))
+    by_path = {run["path"]: run for run in runs}
     for group in groups:
         if group["method"] in ("rigl-sg", "rigl-sm"):  # the methods whose layer budgets move
             name = f"density_over_training_{group_slug(group)}.png"
-            written.append(plot_density_over_training(group["paths"][0], folder / name))
+            written.append(plot_density_over_training(by_path[group["paths"][0]], folder / name))
     return [path for path in written if path is not None]
 
 
-def make_report(root, console) -> dict:
+def make_report(root, console, facts: MethodFacts) -> dict:
     """Table 2 (printed, ROOT/report.md, ROOT/report.csv) and figures (ROOT/figures/) from every
     finished run under ROOT. Raises ValueError when there is none."""
     finished, unfinished = find_run_dirs(root)
     if not finished:
         raise ValueError(f"no finished runs (summary.json) under {root}")
-    runs = collect_runs(root)
+    runs = collect_runs(root, facts)
     groups = aggregate(runs)
     header, rows = table_rows(groups)
     print_table(header, rows, console)

@@ -1,0 +1,150 @@
+"""Run directories: config.json, init.pt, checkpoint.pt, metrics.jsonl, densities.jsonl, summary.json.
+
+Every file is replaced atomically (written beside it, then renamed), so a kill never leaves a
+broken one; a killed run continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+
+import distributed
+from flops import CONVENTION
+
+
+class UsageError(ValueError):
+    """A problem the user can fix from the command line; printed without a traceback."""
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through a temporary file and rename it, so a kill never leaves a broken file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, value) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(value, indent=2) + "\n"))
+
+
+def git_commit() -> str | None:
+    """The commit of the code that trains, saved with the configuration; None outside git."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def config_differences(saved: dict, now: dict) -> list[str]:
+    """Fields that differ between a saved run and the one asked for (the device may change)."""
+    return [f"{key} (run has {saved[section].get(key)!r}, asked for {value!r})"
+            for section in ("train", "sparsity") for key, value in now[section].items()
+            if key != "device" and saved[section].get(key) != value]
+
+
+def check_out_dir(out: Path, config: dict, resume: bool) -> None:
+    """A new run needs a directory without a run in it; --resume needs one with the same settings."""
+    checkpoint = out / "checkpoint.pt"
+    if resume:
+        if not checkpoint.exists():
+            raise UsageError(f"--resume: there is no checkpoint.pt in {out} to resume")
+        differences = config_differences(json.loads((out / "config.json").read_text()), config)
+        if differences:
+            raise UsageError(f"refusing to resume {out} with a different configuration: "
+                             + "; ".join(differences))
+    elif checkpoint.exists():
+        raise UsageError(f"{out} already holds a run; pass --resume to continue it, "
+                         f"or choose another --out")
+
+
+def start(out: Path, config: dict, initial_weights: dict) -> None:
+    """A new run directory: the resolved configuration and the initial weights (for lottery)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", config)
+    atomic_write(out / "init.pt", lambda p: torch.save(initial_weights, p))
+
+
+def save_epoch(out: Path, checkpoint: dict, metrics: list[dict], densities: list[dict]) -> None:
+    """After every epoch: checkpoint.pt, metrics.jsonl and densities.jsonl."""
+    atomic_write(out / "checkpoint.pt", lambda p: torch.save(checkpoint, p))
+    for name, records in (("metrics.jsonl", metrics), ("densities.jsonl", densities)):
+        lines = "".join(json.dumps(r) + "\n" for r in records)
+        atomic_write(out / name, lambda p: p.write_text(lines))
+
+
+def load_checkpoint(out: Path, device: torch.device) -> dict:
+    return torch.load(out / "checkpoint.pt", map_location=device, weights_only=True)
+
+
+def read_ticket(source: Path, model: str, dataset: str) -> tuple[dict, dict]:
+    """A lottery ticket: the initial weights (init.pt) and final masks (checkpoint.pt) of a finished
+    run of the same model on the same dataset (Frankle & Carbin 2019)."""
+    if not (source / "init.pt").exists() or not (source / "checkpoint.pt").exists():
+        raise UsageError(f"--mask-from {source}: expected a finished run's init.pt and checkpoint.pt there")
+    config = json.loads((source / "config.json").read_text())["train"]
+    if (config["model"], config["dataset"]) != (model, dataset):
+        raise UsageError(f"--mask-from {source} trained {config['model']} on {config['dataset']}, "
+                         f"not {model} on {dataset}")
+    masks = torch.load(source / "checkpoint.pt", weights_only=True)["sparsity"]["masks"]
+    return torch.load(source / "init.pt", weights_only=True), masks
+
+
+# ---------------------------------------------------------------------------------------------
+# What a checkpoint and a summary hold (of a rigl.Run)
+# ---------------------------------------------------------------------------------------------
+
+
+def checkpoint(run) -> dict:
+    """Model, optimizer, lr schedule, masks, FLOP tally, every RNG state, epoch, step and history."""
+    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "sparsity": run.sparsity.state_dict(),
+            "data_rng": run.generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "scaler": run.scaler.state_dict(), "flops": run.tally.state_dict(),
+            "epoch": run.epoch, "step": run.step, "elapsed": run.elapsed,
+            "history": run.history, "layer_history": run.layer_history}
+
+
+def restore(run, state: dict) -> None:
+    """The inverse of checkpoint(): the run continues as if it had never stopped."""
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.sparsity.load_state_dict(state["sparsity"])
+    run.generator.set_state(state["data_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    run.tally.load_state_dict(state["flops"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.epoch, run.step, run.elapsed = state["epoch"], state["step"], state["elapsed"]
+    run.history, run.layer_history = state["history"], state["layer_history"]
+
+
+def finish(run, out: Path) -> dict:
+    """summary.json, written by rank 0; every rank returns the summary."""
+    result = summary(run)
+    if distributed.is_main_process():
+        write_json(out / "summary.json", result)
+    return result
+
+
+def summary(run) -> dict:
+    """summary.json: final accuracies, the final masks, and the FLOPs actually spent (a training
+    ratio is relative to the dense model trained on the 1× schedule)."""
+    vals = [r["val_acc"] for r in run.history if r["val_acc"] is not None]
+    dense_1x = 3 * run.f_dense * run.data.num_train * run.epoch / run.cfg.multiplier
+    return {"final_val_acc": run.history[-1]["val_acc"], "final_test_acc": run.history[-1]["test_acc"],
+            "best_val_acc": max(vals) if vals else None, "epochs": run.epoch, "steps": run.step,
+            "wall_time": round(run.elapsed, 3), "density": run.sparsity.total_row()["density"],
+            "layers": run.sparsity.layer_stats(),
+            "train_flops": run.tally.total, "train_flops_ratio": run.tally.total / dense_1x,
+            "inference_flops": run.f_sparse, "inference_flops_ratio": run.f_sparse / run.f_dense,
+            "flops_convention": CONVENTION}

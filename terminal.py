@@ -1,0 +1,90 @@
+"""What a run shows in the terminal: its configuration and layer table, progress, one line an epoch."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+
+import distributed
+from flops import PAPER_FLOPS_PER_MAC
+
+
+def make_console():
+    from rich.console import Console
+    return Console() if sys.stdout.isatty() else Console(width=200)  # pipes get whole lines
+
+
+@contextlib.contextmanager
+def user_errors(console, interrupted: str = "interrupted"):
+    """A problem the user can fix ends the command with one line and exit code 2, not a traceback
+    (ValueError, and its kinds runs.UsageError and data.DataUnavailable)."""
+    try:
+        yield
+    except ValueError as error:
+        console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        raise SystemExit(2)
+    except KeyboardInterrupt:
+        console.print(interrupted)
+        raise SystemExit(130)
+    finally:
+        distributed.close()
+
+
+def print_start(run, config: dict, console) -> None:
+    """The resolved configuration and the per-layer table (shape, density, active weights, FLOPs
+    per sample), once at the start of a run."""
+    from rich.table import Table
+    console.print(f"[bold]config[/] {json.dumps(config['train'])}")
+    console.print(f"[bold]sparsity[/] {json.dumps(config['sparsity'])}")
+    console.print(f"device {run.device}, {run.data.num_train:,} training images, "
+                  f"{run.steps_per_epoch} steps/epoch × {run.epochs} epochs, T_end step {run.sparsity.t_end}")
+    table = Table("layer", "shape", "density", "active", "weights", "dense FLOPs", "sparse FLOPs",
+                  title="masked layers (FLOPs per sample, multiplies and adds counted separately)")
+    for r in run.sparsity.layer_stats():
+        dense = PAPER_FLOPS_PER_MAC * run.dense_macs[r["name"]]
+        table.add_row(r["name"], str(tuple(r["shape"])), f"{r['density']:.4f}", f"{r['active']:,}",
+                      f"{r['total']:,}", f"{dense:.3e}", f"{dense * r['density']:.3e}")
+    total = run.sparsity.total_row()
+    table.add_row("total", "", f"{total['density']:.4f}", f"{total['active']:,}", f"{total['total']:,}",
+                  f"{run.f_dense:.3e}", f"{run.f_sparse:.3e}")
+    console.print(table)
+
+
+@contextlib.contextmanager
+def epoch_progress(run, console):
+    """A transient progress bar over the epoch's steps; yields show(loss), called once a step
+    (it reads the loss off the device only when it redraws, every 20 steps)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    started, step_in_epoch = time.perf_counter(), 0
+    with Progress(TextColumn(f"epoch {run.epoch + 1}/{run.epochs}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} steps  {task.fields[status]}"),
+                  TimeRemainingColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("train", total=run.steps_per_epoch, status="")
+
+        def show(loss) -> None:
+            nonlocal step_in_epoch
+            step_in_epoch += 1
+            if step_in_epoch % 20 == 1 or step_in_epoch == run.steps_per_epoch:
+                images = step_in_epoch * run.cfg.accumulate * run.cfg.batch_size
+                status = (f"loss {loss.item() * run.cfg.accumulate:.3f}  "
+                          f"{images / (time.perf_counter() - started):,.0f} img/s")
+                progress.update(task, completed=step_in_epoch, status=status)
+        yield show
+
+
+def format_record(r: dict) -> str:
+    """One line per epoch with the same keys every time (README, "Metrics")."""
+    val = "  n/a" if r["val_acc"] is None else f"{r['val_acc']:5.2f}"
+    return (f"epoch {r['epoch']:>4}  step {r['step']:>7}  lr {r['lr']:.5f}  train loss "
+            f"{r['train_loss']:.4f}  val acc {val}  test acc {r['test_acc']:5.2f}  drop fraction "
+            f"{r['drop_fraction']:.4f}  regrown {r['regrown']:>7}  elapsed {r['elapsed']:8.1f}s")
+
+
+def print_done(summary: dict, out, console) -> None:
+    console.print(f"done: test acc {summary['final_test_acc']:.2f}%, best val acc "
+                  f"{summary['best_val_acc']}, {summary['steps']} steps, {summary['wall_time']:.0f}s; "
+                  f"training FLOPs {summary['train_flops']:.3e} ({summary['train_flops_ratio']:.3f}× dense 1×), "
+                  f"inference FLOPs {summary['inference_flops']:.3e} ({summary['inference_flops_ratio']:.3f}× "
+                  f"dense), paper convention; results in {out}", soft_wrap=True, highlight=False)
