@@ -17,7 +17,7 @@ MODELS = {"wrn-22-2": ("cifar10", 128), "resnet50": ("imagenet", 32)}
 
 MakeSparsity = Callable[[nn.Module, torch.optim.Optimizer, str], object]
 """(model, optimizer, method) -> the sparsity holder under test, with the README's interface:
-replaces_optimizer_step(), apply_masks(), drop_and_grow(α)."""
+replaces_optimizer_step(), apply_masks(), drop_and_grow(α), config.drop_fraction."""
 
 
 def synchronize(device: torch.device) -> None:
@@ -49,7 +49,8 @@ def time_method(name: str, method: str, batch: int, update_interval: int, device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     step = timed(lambda: [train_step() for _ in range(update_interval)], device) / update_interval
-    update = timed(lambda: sparsity.drop_and_grow(0.3), device) if drops_and_grows else None
+    alpha = sparsity.config.drop_fraction
+    update = timed(lambda: sparsity.drop_and_grow(alpha), device) if drops_and_grows else None
     memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return {"model": name, "method": method, "batch": batch, "step_s": step, "update_s": update,
             "peak_memory_bytes": memory}

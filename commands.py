@@ -43,7 +43,6 @@ def app(rigl) -> typer.Typer:
 
 def train_command(rigl):
     S, T = rigl.SparsityConfig, rigl.TrainConfig
-
     def train_(
         method: Annotated[rigl.Method, typer.Option(help="How the masks change (README, Methods).")] = S.method,
         density: Annotated[float, typer.Option(help="d: overall fraction of conv/linear weights active.")] = S.density,
@@ -78,8 +77,7 @@ def train_command(rigl):
         out: Annotated[Optional[str], typer.Option(help="Run directory. Default: runs/<dataset>-<model>-<method>-<distribution>-d<density>-s<seed>.")] = None,
         resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
     ) -> None:
-        """Train with sparse training (defaults: the report's CIFAR-10 WRN-22-2 RigL (ERK) run).
-        Each option is the field of TrainConfig or SparsityConfig in rigl.py of the same name."""
+        """Train (defaults: the report's CIFAR-10 WRN-22-2 RigL (ERK) run); each option is the rigl.py field."""
         rigl.train_command(dict(locals()))
     return train_
 
@@ -197,7 +195,7 @@ def run_grid(rigl, root: Path, grid: dict, options: dict, dry_run: bool, console
     """Every cell's configuration checked first, then the cells trained one after another."""
     if "lottery" in grid["methods"] and "pruning" not in grid["methods"]:
         raise ValueError("lottery cells retrain the masks of pruning cells: add pruning to --methods")
-    cells = sweep.cells(grid)
+    cells = sweep.cells(grid, rigl.UNMASKED)
     defaults = rigl.SparsityConfig()
     varied = sweep.varied_fields(grid, cells, {"drop_fraction": defaults.drop_fraction,
                                                "update_interval": defaults.update_interval})
@@ -242,7 +240,8 @@ def sweep_command(rigl):
 
 def report_facts(rigl) -> report.MethodFacts:
     """What report.py must know of the methods, from their definitions in rigl.py."""
-    return report.MethodFacts(uses_alpha=rigl.DROP_AND_GROW, uses_interval=rigl.DROP_AND_GROW + ("pruning",),
+    return report.MethodFacts(unmasked=rigl.UNMASKED, uses_alpha=rigl.DROP_AND_GROW,
+                              uses_interval=rigl.DROP_AND_GROW + ("pruning",),
                               alpha=rigl.SparsityConfig.drop_fraction,
                               interval=rigl.SparsityConfig.update_interval)
 

@@ -25,14 +25,14 @@ METHOD_NAMES = {"dense": "Dense", "small-dense": "Small-Dense", "static": "Stati
 """How the report writes each method; the dict's order is the row order of the table."""
 DISTRIBUTION_SUFFIX = {"-": "", "uniform": "", "er": " (ER)", "erk": " (ERK)"}
 """The report leaves uniform unmarked and writes "(ERK)" after the method (Table 2)."""
-UNMASKED = ("dense", "small-dense")
-"""Methods without masks: their layer distribution means nothing and is shown as "-"."""
 
 
 @dataclass(frozen=True)
 class MethodFacts:
     """What the report must know of the methods. rigl.py, where they are defined, hands it over."""
 
+    unmasked: tuple[str, ...]
+    """Methods without masks: their layer distribution means nothing and is shown as "-"."""
     uses_alpha: tuple[str, ...]
     """Methods that drop and regrow a fraction α of their connections."""
     uses_interval: tuple[str, ...]
@@ -69,7 +69,7 @@ def config_record(path, facts: MethodFacts) -> dict:
     variant = (f" α={alpha:g}" if alpha != facts.alpha else "") + \
         (f" ΔT={interval}" if interval != facts.interval else "")
     return {"path": str(path), "dataset": train["dataset"], "model": train["model"], "method": method,
-            "distribution": "-" if method in UNMASKED else sparse["distribution"],
+            "distribution": "-" if method in facts.unmasked else sparse["distribution"],
             # Dense is trained at d = 1 whatever --density said; Small-Dense keeps the d it matches.
             "density": 1.0 if method == "dense" else sparse["density"],
             "multiplier": train["multiplier"], "seed": train["seed"],
@@ -404,7 +404,7 @@ def plot_density_over_training(run: dict, path) -> Path | None:
 def representative_run(runs: list[dict]) -> dict | None:
     """The run whose masks are drawn: RigL (ERK) at the lowest density if there is one, else the
     sparse run of lowest density; 1× schedule before longer ones, then the first seed."""
-    masked = [r for r in runs if r["method"] not in UNMASKED]
+    masked = [r for r in runs if r["distribution"] != "-"]  # "-": a method without masks
     if not masked:
         return None
     return min(masked, key=lambda r: (not (r["method"] == "rigl" and r["distribution"] == "erk"),

@@ -29,11 +29,11 @@ Symbols of the paper and their names here:
     f_decay  cosine_drop_fraction   α_t = α/2 · (1 + cos(π t / T_end))
     ε        eps                the ER/ERK normaliser that meets the density budget
 
-The file reads in three parts: the algorithm (configuration, layer densities, masks, schedule,
+The file reads in three parts: the algorithm (configuration, layer densities, masks, schedules,
 drop and grow, the `Sparsity` holder), which imports only torch and the standard library and can be
-copied on its own; one visible training loop; and the command line. The rest of the repository
-holds what a reader of the algorithm does not need: models.py, flops.py (FLOP counting), data.py,
-runs.py (run directories), distributed.py (torchrun), sweep.py, report.py and bench.py.
+copied on its own; the training recipes and one visible training loop; the `train` command. What a
+reader of the algorithm does not need lives beside it (README, "The code"): models.py, flops.py,
+data.py, runs.py, distributed.py, terminal.py, and commands.py, which declares the command line.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ log = logging.getLogger("rigl")
 
 Method = Literal["rigl", "set", "snfs", "static", "dense", "pruning", "rigl-sg", "rigl-sm",
                  "small-dense", "lottery"]
+UNMASKED = ("dense", "small-dense")
+"""Methods that train without masks: the dense network, and Small-Dense's narrower one."""
 DROP_AND_GROW = ("rigl", "set", "snfs", "rigl-sg", "rigl-sm")
 """Methods that drop and regrow connections every ΔT steps until T_end."""
 REDISTRIBUTING = {"snfs": "momentum", "rigl-sm": "momentum", "rigl-sg": "gradient"}
@@ -178,7 +180,7 @@ def distribute_density(shapes: dict[str, torch.Size], config: SparsityConfig,
                        dense_layers: tuple[str, ...]) -> dict[str, float]:
     """Density of every masked weight: `dense_layers` at 1, the rest by the configured distribution."""
     sparse = {name: s for name, s in shapes.items() if name not in dense_layers}
-    if config.method in ("dense", "small-dense", "pruning"):  # pruning starts dense
+    if config.method in UNMASKED + ("pruning",):  # pruning starts dense
         densities = {name: 1.0 for name in sparse}
     elif config.distribution == "uniform":
         densities = uniform_densities(sparse, config.density)
@@ -249,7 +251,7 @@ def top_k_mask(scores: torch.Tensor, k: int, generator: torch.Generator) -> torc
 
 
 # ---------------------------------------------------------------------------------------------
-# Drop-fraction schedule   (paper Eq. 1)
+# Schedules: the drop fraction (paper Eq. 1), gradual pruning's density, the update steps
 # ---------------------------------------------------------------------------------------------
 
 
@@ -388,7 +390,7 @@ class Sparsity:
         self._log_dense_choice()
 
     def _log_dense_choice(self) -> None:
-        if self.config.method in ("dense", "small-dense"):
+        if self.config.method in UNMASKED:
             return
         capped = [n for n, d in self.initial_densities.items() if d >= 1.0 and n not in self.dense_layers]
         log.info("dense by choice (outside the density budget): %s", list(self.dense_layers) or "none")
@@ -508,7 +510,7 @@ class Sparsity:
         """Install a new mask; returns how many connections are new.
 
         A connection active before and after (kept, or dropped and grown back) keeps its value and
-        optimizer state, as in TF. Dropped ones become 0; new ones start at 0 (grow_init="zeros")
+        optimizer state, as in TF. Dropped ones become 0; new ones start at 0 (paper Sec. 3)
         with their optimizer state reset to 0 (TF, jaxpruner). SNFS's momentum stays dense
         (Dettmers' code).
         """

@@ -24,15 +24,15 @@ def parse_grid(options: dict[str, str]) -> dict[str, list]:
     return grid
 
 
-def cells(grid: dict[str, list]) -> list[dict]:
-    """Every combination of the grid's values, one run each. Dense and small-dense ignore the
-    distribution (dense the density too), so their duplicates are dropped; lottery cells follow
-    the pruning cell whose masks they retrain."""
+def cells(grid: dict[str, list], unmasked: tuple[str, ...]) -> list[dict]:
+    """Every combination of the grid's values, one run each. The `unmasked` methods (dense,
+    Small-Dense) ignore the distribution, and dense the density too, so their duplicates are
+    dropped; lottery cells follow the pruning cell whose masks they retrain."""
     fields = [AXES[axis][0] for axis in grid]
     found, seen = [], set()
     for values in itertools.product(*grid.values()):
         cell = dict(zip(fields, values))
-        if cell["method"] in ("dense", "small-dense"):
+        if cell["method"] in unmasked:
             cell["distribution"] = "erk"
         if cell["method"] == "dense":
             cell["density"] = 1.0

@@ -550,6 +550,41 @@ def test_import_rigl_needs_only_torch():
     assert result.returncode == 0, result.stderr
 
 
+def our_imports() -> dict[str, set[str]]:
+    """Each module of the repository (tests aside) and the modules of ours it imports, anywhere."""
+    import ast
+    modules = {p.stem: p for p in REPO.glob("*.py") if not p.stem.startswith("test_")}
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module.split(".")[0])
+        graph[name] = found & set(modules) - {name}
+    return graph
+
+
+def test_flops_is_a_leaf_nothing_imports_rigl_and_there_is_no_circle():
+    graph = our_imports()
+    assert graph["flops"] == set() and graph["models"] == set()
+    assert not [name for name, imported in graph.items() if "rigl" in imported]
+
+    def reaches(start, goal, seen=()):
+        return any(n == goal or (n not in seen and reaches(n, goal, seen + (n,))) for n in graph[start])
+    assert not [name for name in graph if reaches(name, name)]
+
+
+def test_the_command_line_loads_rigl_once():
+    """`python rigl.py ...` runs rigl.py as __main__; no module may import it a second time as `rigl`."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "rigl.py", "flops", "--density", "0.1", "--json"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
+    assert "commands" in imported and "rigl" not in imported
+
+
 # --- rigl.py: the training loop and `python rigl.py train` ----------------------------------------
 
 
@@ -636,6 +671,20 @@ def test_small_dense_matches_the_sparse_parameter_count():
         count = sum(w.numel() for w in rigl.masked_weights(small).values())
         assert abs(count - target) / target < 0.02
         assert Sparsity(small, None, cfg, 10).masks == {}  # trained dense
+
+
+def test_flops_and_train_describe_the_same_small_dense_network(tmp_path):
+    """One definition of Small-Dense: `flops --method small-dense` counts the network `train` builds."""
+    # wrn-22-2 at d = 0.1: a width of √d = 0.316 (RR's) would build other channel counts than ours
+    result = cli("flops", "--method", "small-dense", "--model", "wrn-22-2", "--dataset", "synthetic",
+                 "--density", "0.1", "--json")
+    assert result.returncode == 0, result.stderr
+    counted = [(r["name"], r["shape"]) for r in json.loads(result.stdout)["layers"]]
+    cfg = rigl.resolve_recipe(rigl.TrainConfig(dataset="synthetic", model="wrn-22-2", train_subset=64,
+                                               val_size=0, epochs=1))
+    trained = rigl.build_run(cfg, SparsityConfig(method="small-dense", density=0.1)).sparsity.weights
+    assert counted == [(name, list(w.shape)) for name, w in trained.items()]
+    assert counted != [(n, list(s)) for n, s in shapes_of(build_model("wrn-22-2", 10)).items()]  # narrower
 
 
 def test_lottery_retrains_the_pruning_masks_from_the_same_initialisation(tmp_path):
