@@ -47,7 +47,7 @@ def train_command(rigl):
         method: Annotated[rigl.Method, typer.Option(help="How the masks change (README, Methods).")] = S.method,
         density: Annotated[float, typer.Option(help="d: overall fraction of conv/linear weights active.")] = S.density,
         distribution: Annotated[rigl.Distribution, typer.Option(help="How d is spread over layers.")] = S.distribution,
-        erk_power_scale: Annotated[float, typer.Option(help="Exponent on the ER/ERK scores.")] = S.erk_power_scale,
+        erk_power_scale: Annotated[float, typer.Option(help="Exponent on the ERK scores (not ER's).")] = S.erk_power_scale,
         drop_fraction: Annotated[float, typer.Option(help="α: fraction of active weights replaced per update.")] = S.drop_fraction,
         update_interval: Annotated[int, typer.Option(help="ΔT: training steps between mask updates.")] = S.update_interval,
         t_end: Annotated[float, typer.Option(help="T_end, fraction of training; masks frozen after it.")] = S.t_end,
@@ -143,6 +143,7 @@ def flops_command(rigl):
         density: Annotated[float, typer.Option(help="d: overall fraction of conv/linear weights active.")] = S.density,
         distribution: Annotated[rigl.Distribution, typer.Option(help="How d is spread over layers.")] = S.distribution,
         update_interval: Annotated[int, typer.Option(help="ΔT: RigL pays a dense gradient once per ΔT + 1 steps.")] = S.update_interval,
+        dense_layers: Annotated[Optional[str], typer.Option(help="Comma-separated layers kept dense outside the budget (the authors' scripts: conv1).")] = S.dense_layers,
         model: Annotated[Optional[str], typer.Option(help="Network. Default: the dataset's recipe.")] = T.model,
         dataset: Annotated[rigl.Dataset, typer.Option(help="Sets the input size and the number of classes.")] = T.dataset,
         multiplier: Annotated[float, typer.Option(help="Train N× longer (training FLOPs scale).")] = T.multiplier,
@@ -153,7 +154,8 @@ def flops_command(rigl):
         console = terminal.make_console()
         with terminal.user_errors(console):
             cfg = rigl.resolve_recipe(T(model=model, dataset=dataset, multiplier=multiplier))
-            sparse_cfg = S(method=method, density=density, distribution=distribution, update_interval=update_interval)
+            sparse_cfg = S(method=method, density=density, distribution=distribution, update_interval=update_interval,
+                           dense_layers=rigl.comma_separated(dense_layers, str))
             result = method_flops(rigl, cfg.model, dataset, sparse_cfg, multiplier)
             result["methods"] = table2_columns(rigl, cfg.model, dataset, sparse_cfg, multiplier)
         if json_output:
@@ -195,11 +197,17 @@ def run_grid(rigl, root: Path, grid: dict, options: dict, dry_run: bool, console
     """Every cell's configuration checked first, then the cells trained one after another."""
     if "lottery" in grid["methods"] and "pruning" not in grid["methods"]:
         raise ValueError("lottery cells retrain the masks of pruning cells: add pruning to --methods")
-    cells = sweep.cells(grid, rigl.UNMASKED)
-    defaults = rigl.SparsityConfig()
-    varied = sweep.varied_fields(grid, cells, {"drop_fraction": defaults.drop_fraction,
-                                               "update_interval": defaults.update_interval})
+    facts = report_facts(rigl)
+    cells = sweep.cells(grid, facts)
+    varied = sweep.varied_fields(grid, cells, {"drop_fraction": facts.alpha, "update_interval": facts.interval})
     configs = [cell_configs(rigl, options, cell, root, varied) for cell in cells]
+    for cell, (cfg, sparse_cfg) in zip(cells, configs):  # a cell is done only with the settings asked for
+        out = root / sweep.cell_name(cell, varied)
+        saved = runs.read_json(out / "config.json") if (out / "config.json").exists() else None
+        differences = runs.config_differences(saved, rigl.run_config(cfg, sparse_cfg)) if saved else []
+        if differences:
+            raise runs.UsageError(f"{out} holds a run with other settings: {'; '.join(differences)}; "
+                                  f"sweep into another ROOT")
     for i, (cell, (cfg, sparse_cfg)) in enumerate(zip(cells, configs), 1):
         out = root / sweep.cell_name(cell, varied)
         state = sweep.cell_state(out)
@@ -227,8 +235,11 @@ def sweep_command(rigl):
         finished cells are skipped and an interrupted one resumes, so a killed sweep restarts where
         it stopped. Every other `train` option (python rigl.py train --help) applies to all cells."""
         grid_options, console = dict(locals()), terminal.make_console()
-        with terminal.user_errors(console, "interrupted: rerun the same sweep command to continue where it stopped"):
+        with terminal.user_errors(console, lambda: "interrupted: rerun the same sweep to continue where it stopped"):
             options, grid = train_options_of(ctx), sweep.parse_grid(grid_options)
+            empty = [axis for axis, values in grid.items() if not values]
+            if empty:
+                raise ValueError(f"--{empty[0].replace('_', '-')} needs at least one value")
             run_grid(rigl, Path(root), grid, options, dry_run, console)
     return sweep_
 
@@ -262,10 +273,14 @@ def bench_rows(rigl, names: list[str], methods: list[str], density: float, updat
                batch_size: int, repeats: int, device) -> list[dict]:
     """bench.compare for every model, with rigl's Sparsity as the holder under test."""
     for method in methods:
-        rigl.SparsityConfig(method=method)  # a clear error for an unknown method
+        rigl.SparsityConfig(method=method, density=density, update_interval=update_interval)  # clear errors
     unknown = [n for n in names if n not in bench.MODELS]
-    if unknown:
-        raise ValueError(f"bench models are {', '.join(bench.MODELS)}, got {unknown[0]!r}")
+    if unknown or not names or not methods:
+        raise ValueError(f"--models takes some of {', '.join(bench.MODELS)} and --methods at least one "
+                         f"method, got {', '.join(unknown) or 'none'}")
+    if batch_size < 0 or repeats < 1:
+        raise ValueError(f"--batch-size must be >= 0 (0: the model's default) and --repeats >= 1, "
+                         f"got {batch_size} and {repeats}")
 
     def make_sparsity(model, optimizer, method):
         config = rigl.SparsityConfig(method=method, density=density, update_interval=update_interval, t_end=1.0)

@@ -74,9 +74,9 @@ def split_indices(n: int, val_size: int, train_subset: int) -> tuple[torch.Tenso
 
 def image_folder_data(data_dir: str, train_subset: int, val_size: int) -> Data:
     """ImageNet as an ImageFolder tree, DATA_DIR/train/<class>/* and DATA_DIR/val/<class>/*, with
-    the standard random-resized-crop and flip for training, resize 256 and center crop 224 for eval."""
+    the standard random-resized-crop and flip for training, resize 256 and center crop 224 for eval.
+    train/ and val/ must hold the same classes: labels are the classes' sorted positions."""
     import torchvision.transforms as T
-    from torchvision.datasets import ImageFolder
     root = os.path.abspath(data_dir)
     if not all(os.path.isdir(os.path.join(root, split)) for split in ("train", "val")):
         raise DataUnavailable(
@@ -86,12 +86,32 @@ def image_folder_data(data_dir: str, train_subset: int, val_size: int) -> Data:
     normalize = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     augment = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
     center = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), normalize])
-    train = ImageFolder(os.path.join(root, "train"), augment)
-    held = ImageFolder(os.path.join(root, "train"), center)
+    train, held, test = (image_folder(os.path.join(root, split), transform)
+                         for split, transform in (("train", augment), ("train", center), ("val", center)))
+    if train.classes != test.classes:
+        only = sorted(set(train.classes) ^ set(test.classes))[:5]
+        raise DataUnavailable(f"{root}: train/ and val/ hold different classes ({len(train.classes)} and "
+                              f"{len(test.classes)}; in one only: {', '.join(only)}), so labels would not match")
     val_idx, train_idx = split_indices(len(train), val_size, train_subset)
     val = torch.utils.data.Subset(held, val_idx.tolist()) if val_size else None
-    return Data(torch.utils.data.Subset(train, train_idx.tolist()), val,
-                ImageFolder(os.path.join(root, "val"), center), len(train.classes))
+    return Data(torch.utils.data.Subset(train, train_idx.tolist()), val, test, len(train.classes))
+
+
+def image_folder(folder: str, transform):
+    """torchvision's ImageFolder, with one-line errors for a folder without class folders or
+    images and for an image that cannot be read (named)."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import default_loader
+
+    def load(path: str):
+        try:
+            return default_loader(path)
+        except (OSError, ValueError) as error:
+            raise DataUnavailable(f"{path} is not a readable image ({error})") from None
+    try:
+        return ImageFolder(folder, transform, loader=load)
+    except FileNotFoundError as error:  # no class folder, or a class folder without images
+        raise DataUnavailable(f"{folder}: {error}; ImageNet needs {folder}/<class>/<image> files") from None
 
 
 def cifar_images(name: str, root: str) -> tuple:
@@ -99,6 +119,11 @@ def cifar_images(name: str, root: str) -> tuple:
     import torchvision
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
     folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
+    damaged = [file for file, md5 in cls.train_list + cls.test_list if os.path.exists(os.path.join(root, folder, file))
+               and not torchvision.datasets.utils.check_integrity(os.path.join(root, folder, file), md5)]
+    if damaged:
+        raise DataUnavailable(f"{os.path.join(root, folder, damaged[0])} is damaged (its MD5 is not the "
+                              f"official one): copy it again from the python version of {name}")
     try:
         train, test = cls(root, train=True, download=True), cls(root, train=False, download=True)
     except Exception as error:  # torchvision raises URLError, RuntimeError, OSError offline

@@ -7,8 +7,9 @@ Input:   every folder under ROOT with config.json and summary.json (`python rigl
          `sweep` wrote them), and densities.jsonl for the per-layer figures.
 Output:  ROOT/report.md, ROOT/report.csv and ROOT/figures/*.png.
 
-A leaf: only the standard library is imported at the top, matplotlib and rich inside the functions
-that draw and print; what it must know of the methods, rigl.py hands over as MethodFacts.
+Runs are pooled over seeds only when every other setting agrees; otherwise the report refuses and
+names what differs. matplotlib and rich are imported inside the functions that draw and print;
+what the report must know of the methods, rigl.py hands over as MethodFacts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+
+from runs import MAY_DIFFER, read_json
 
 METHOD_NAMES = {"dense": "Dense", "small-dense": "Small-Dense", "static": "Static", "set": "SET",
                 "rigl": "RigL", "snfs": "SNFS", "pruning": "Pruning", "lottery": "Lottery",
@@ -60,25 +63,41 @@ def find_run_dirs(root) -> tuple[list[Path], list[Path]]:
 
 def config_record(path, facts: MethodFacts) -> dict:
     """What a run directory's config.json says, in the report's terms (finished or not)."""
-    config = json.loads((Path(path) / "config.json").read_text())
-    train, sparse = config["train"], config["sparsity"]
+    config = read_json(Path(path) / "config.json")
+    try:
+        train, sparse = config["train"], config["sparsity"]
+        return run_settings(path, train, sparse, facts)
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{Path(path) / 'config.json'} is not a run's configuration (no {error})") from None
+
+
+def run_settings(path, train: dict, sparse: dict, facts: MethodFacts) -> dict:
+    """The report's view of one configuration, and `settings`: every field that must agree
+    between the runs of one row (all but the seed and MAY_DIFFER)."""
     method = sparse["method"]
     # α and ΔT only matter where masks change: elsewhere they neither split groups nor label rows.
     alpha = sparse["drop_fraction"] if method in facts.uses_alpha else facts.alpha
     interval = sparse["update_interval"] if method in facts.uses_interval else facts.interval
     variant = (f" α={alpha:g}" if alpha != facts.alpha else "") + \
         (f" ΔT={interval}" if interval != facts.interval else "")
-    return {"path": str(path), "dataset": train["dataset"], "model": train["model"], "method": method,
-            "distribution": "-" if method in facts.unmasked else sparse["distribution"],
-            # Dense is trained at d = 1 whatever --density said; Small-Dense keeps the d it matches.
-            "density": 1.0 if method == "dense" else sparse["density"],
-            "multiplier": train["multiplier"], "seed": train["seed"],
-            "drop_fraction": alpha, "update_interval": interval, "variant": variant}
+    record = {"path": str(path), "dataset": train["dataset"], "model": train["model"], "method": method,
+              "distribution": "-" if method in facts.unmasked else sparse["distribution"],
+              # Dense is trained at d = 1 whatever --density said; Small-Dense keeps the d it matches.
+              "density": 1.0 if method == "dense" else sparse["density"],
+              "multiplier": train["multiplier"], "seed": train["seed"],
+              "drop_fraction": alpha, "update_interval": interval, "variant": variant}
+    settings = {f"{name}.{key}": value for name, section in (("train", train), ("sparsity", sparse))
+                for key, value in section.items() if key not in MAY_DIFFER + ("seed", "mask_from")}
+    settings.update({f"sparsity.{key}": record[key] for key in ("distribution", "density", "drop_fraction",
+                                                               "update_interval")})
+    return {**record, "settings": settings}
 
 
 def run_record(path, facts: MethodFacts) -> dict:
     """One finished run as a flat dict: its configuration and its final numbers."""
-    summary = json.loads((Path(path) / "summary.json").read_text())
+    summary = read_json(Path(path) / "summary.json")
+    if not isinstance(summary, dict) or "final_test_acc" not in summary:
+        raise ValueError(f"{Path(path) / 'summary.json'} is not a run's summary (no final_test_acc)")
     return {**config_record(path, facts), "test_acc": summary["final_test_acc"],
             "val_acc": summary.get("final_val_acc"),
             # Summaries older than the FLOP accounting have no ratios: None, shown as "n/a".
@@ -108,6 +127,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
     groups = []
     for key, members in sorted(by_key.items()):
         members = sorted(members, key=lambda r: (r["seed"], r["path"]))
+        check_poolable(members)
         accs = [r["test_acc"] for r in members]
         groups.append({**dict(zip(GROUP_KEYS, key)), "variant": members[0]["variant"], "n": len(members),
                        "test_mean": statistics.fmean(accs),
@@ -117,6 +137,23 @@ def aggregate(runs: list[dict]) -> list[dict]:
                        "inference_flops_ratio": mean_or_none([r["inference_flops_ratio"] for r in members]),
                        "seeds": [r["seed"] for r in members], "paths": [r["path"] for r in members]})
     return groups
+
+
+def check_poolable(members: list[dict]) -> None:
+    """The runs of one row must differ in their seed alone, each seed once; refuse otherwise."""
+    first = members[0]
+    for run in members[1:]:
+        differ = sorted(k for k in first["settings"].keys() | run["settings"].keys()
+                        if first["settings"].get(k) != run["settings"].get(k))
+        if differ:
+            detail = ", ".join(f"{k} {first['settings'].get(k)!r} vs {run['settings'].get(k)!r}" for k in differ)
+            raise ValueError(f"{first['path']} and {run['path']} would share a row but differ in {detail}: "
+                             f"report them from separate directories")
+    seeds = [r["seed"] for r in members]
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        paths = [r["path"] for r in members if r["seed"] == twice[0]]
+        raise ValueError(f"seed {twice[0]} is run more than once in one row ({', '.join(paths)}): keep one")
 
 
 def several_tasks(groups: list[dict]) -> bool:
@@ -343,7 +380,10 @@ def read_densities(run_path) -> list[dict]:
     path = Path(run_path) / "densities.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except ValueError as error:
+        raise ValueError(f"{path} is not readable JSON lines ({error})") from None
 
 
 def run_title(run: dict) -> str:
@@ -354,7 +394,7 @@ def plot_layer_densities(run: dict, path) -> Path | None:
     """Per-layer density of one run's final masks next to its initial allocation (epoch 0 of
     densities.jsonl, when the run has one). None when the summary lists no layers."""
     run_path = run["path"]
-    layers = json.loads((Path(run_path) / "summary.json").read_text()).get("layers") or []
+    layers = read_json(Path(run_path) / "summary.json").get("layers") or []
     if not layers:
         return None
     names = [layer["name"] for layer in layers]

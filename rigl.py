@@ -88,7 +88,7 @@ class SparsityConfig:
     distribution: Distribution = "erk"
     """uniform | er | erk: how d is spread over layers (paper Sec. 3, "Sparsity Distribution")."""
     erk_power_scale: float = 1.0
-    """Exponent on the ER/ERK scores; 1.0 in the paper (TF flag `erk_power_scale`)."""
+    """Exponent on the ERK scores, not ER's (TF's and jaxpruner's `erk_power_scale`); 1.0 in the paper."""
     drop_fraction: float = 0.3
     """α, fraction of active weights dropped and regrown per update; 0.3 (paper Sec. 4.1)."""
     update_interval: int = 100
@@ -100,6 +100,9 @@ class SparsityConfig:
     dense_layers: tuple[str, ...] | None = None
     """Weights kept dense and outside the budget. None = the distribution's default: the first
     layer for uniform (TF, RR), none for er/erk (their capping decides). () = none at all."""
+    extra_weights: tuple[str, ...] = ()
+    """Parameters to sparsify beyond the Conv2d and Linear weights, by name: a Conv1d's
+    "conv.weight", attention's "attn.in_proj_weight", an LSTM's "lstm.weight_ih_l0", ..."""
     seed: int = 0
     """Seed of the mask generator: initial masks, tie-breaking, SET's random growth."""
 
@@ -114,8 +117,10 @@ class SparsityConfig:
         if isinstance(self.update_interval, bool) or not isinstance(self.update_interval, int) \
                 or self.update_interval < 1:
             raise ValueError(f"update_interval must be an integer >= 1, got {self.update_interval!r}")
-        if self.dense_layers is not None:
-            self.dense_layers = tuple(self.dense_layers)
+        for field in ("dense_layers", "extra_weights"):  # a lone name is one name, not its letters
+            value = getattr(self, field)
+            if value is not None:
+                setattr(self, field, (value,) if isinstance(value, str) else tuple(value))
 
 
 def _check_choice(field: str, value: object, choices: object) -> None:
@@ -158,9 +163,11 @@ def erdos_renyi_densities(shapes: dict[str, torch.Size], density: float, kernel:
 
     Solve Σ_l ε · score_l · n_l = d · Σ_l n_l for ε. If some ε · score_l > 1, the layers with the
     largest score become dense, leave the sum, and ε is solved again (TF sparse_utils.py,
-    get_sparsities_erdos_renyi).
+    get_sparsities_erdos_renyi). The budget is met in real numbers; TF counts each layer's in whole
+    weights, which moves a layer's density by at most ~1e-4. ERK scores may be raised to
+    `power_scale`; ER scores never are (TF, jaxpruner).
     """
-    score = {name: (erk_score(s) if kernel else er_score(s)) ** power_scale for name, s in shapes.items()}
+    score = {name: erk_score(s) ** power_scale if kernel else er_score(s) for name, s in shapes.items()}
     numel = {name: math.prod(s) for name, s in shapes.items()}
     budget = density * sum(numel.values())
     dense: set[str] = set()
@@ -190,10 +197,40 @@ def distribute_density(shapes: dict[str, torch.Size], config: SparsityConfig,
     return {name: 1.0 if name in dense_layers else densities[name] for name in shapes}
 
 
-def masked_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The weights that carry masks: those of every Conv2d and Linear layer, in module order."""
-    return {f"{name}.weight" if name else "weight": module.weight for name, module in model.named_modules()
-            if isinstance(module, (nn.Conv2d, nn.Linear))}
+def masked_weights(model: nn.Module, extra: tuple[str, ...] = ()) -> dict[str, nn.Parameter]:
+    """The weights that carry masks, in model order: every Conv2d and Linear weight, and the
+    parameters named in `extra`. Each Parameter once (a tied one under its first name), and only
+    those that train (requires_grad)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    chosen = {f"{name}.weight" if name else "weight" for name, module in model.named_modules(remove_duplicate=False)
+              if isinstance(module, (nn.Conv2d, nn.Linear))}
+    for name in extra:
+        resolved = name if name in params else f"{name}.weight"
+        if resolved not in params or params[resolved].ndim < 2:
+            raise ValueError(f"extra_weights: {name!r} names no weight of the model (a parameter with ndim >= 2)")
+        chosen.add(resolved)
+    found, seen = {}, set()
+    for name, param in params.items():
+        if name in chosen and param.requires_grad and id(param) not in seen:
+            found[name] = param
+        seen.add(id(param))
+    return found
+
+
+def dense_parameters(model: nn.Module, masked: dict[str, nn.Parameter]) -> dict[str, str]:
+    """Every weight (ndim >= 2) that carries no mask, and why: frozen, tied, or of a kind that is
+    sparsified only when named in extra_weights. Biases and norms are never masked (not listed)."""
+    owner = {id(p): n for n, p in masked.items()}
+    modules = dict(model.named_modules(remove_duplicate=False))
+    reasons = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if param.ndim < 2 or masked.get(name) is param:
+            continue
+        kind = type(modules[name.rpartition(".")[0]]).__name__
+        reasons[name] = ("frozen (requires_grad=False)" if not param.requires_grad
+                         else f"tied to {owner[id(param)]}, masked there" if id(param) in owner
+                         else f"a {kind} parameter: name it in extra_weights to sparsify it")
+    return reasons
 
 
 def dense_layers_of(names: list[str], config: SparsityConfig) -> tuple[str, ...]:
@@ -366,9 +403,11 @@ class Sparsity:
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
         self.config, self.optimizer, self.total_steps = config, optimizer, total_steps
-        self.weights = masked_weights(model)
+        self.weights = masked_weights(model, config.extra_weights)
         if not self.weights:
-            raise ValueError("the model has no Conv2d or Linear layer to make sparse")
+            raise ValueError("the model has no trainable Conv2d or Linear weight to make sparse")
+        for name, reason in dense_parameters(model, self.weights).items():
+            log.info("left dense: %s, %s", name, reason)
         self.dense_layers = dense_layers_of(list(self.weights), config)
         self.initial_densities = initial_densities({n: w.shape for n, w in self.weights.items()}, config)
         self.t_end = int(config.t_end * total_steps)
@@ -388,6 +427,9 @@ class Sparsity:
         self.masks_changed = False
         self.apply_masks()
         self._log_dense_choice()
+        if config.method in DROP_AND_GROW and self.t_end <= config.update_interval:
+            log.warning("no mask will change: the first update is at step ΔT = %d, not before T_end = %d "
+                        "of %d steps", config.update_interval, self.t_end, total_steps)
 
     def _log_dense_choice(self) -> None:
         if self.config.method in UNMASKED:
@@ -426,7 +468,8 @@ class Sparsity:
         return False
 
     def gradients_finite(self) -> bool:
-        return all(bool(torch.isfinite(self.gradient(name)).all()) for name in self.masks)
+        grads = [self.weights[name].grad for name in self.masks]
+        return all(bool(torch.isfinite(g).all()) for g in grads if g is not None)
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
@@ -494,8 +537,14 @@ class Sparsity:
         return self.gradient(name).abs()
 
     def gradient(self, name: str) -> torch.Tensor:
-        weight = self.weights[name]
-        return weight.grad if weight.grad is not None else torch.zeros_like(weight)
+        """∂L/∂w of the dense weight; a method that ranks it cannot do without it."""
+        grad = self.weights[name].grad
+        if grad is None:
+            raise RuntimeError(
+                f"{name} has no gradient at step {self.step_count}, and {self.config.method} ranks "
+                f"∂L/∂w: call loss.backward() before replaces_optimizer_step() (zero the gradients "
+                f"before backward, not between backward and this call)")
+        return grad
 
     def momentum(self, name: str) -> torch.Tensor:
         """The optimizer's first moment of a weight (SGD momentum buffer or Adam's exp_avg)."""
@@ -584,14 +633,22 @@ class Sparsity:
                 "generator": self.generator.get_state(), "last_update": dict(self.last_update)}
 
     def load_state_dict(self, state: dict) -> None:
-        if set(state["masks"]) != set(self.masks):
-            raise ValueError(f"checkpoint masks {sorted(state['masks'])} do not match this model's "
+        """Restore state_dict(). Masks must be boolean, of these layers and shapes, and hold as many
+        active weights in all as this configuration does (but for pruning, whose count falls)."""
+        masks = state["masks"]
+        if set(masks) != set(self.masks):
+            raise ValueError(f"checkpoint masks {sorted(masks)} do not match this model's "
                              f"sparse layers {sorted(self.masks)}")
-        for name, mask in state["masks"].items():
-            if mask.shape != self.masks[name].shape:
-                raise ValueError(f"mask {name} has shape {tuple(mask.shape)}, "
-                                 f"expected {tuple(self.masks[name].shape)}")
-            self.masks[name] = mask.to(device=self.masks[name].device, dtype=torch.bool)
+        for name, mask in masks.items():
+            if mask.shape != self.masks[name].shape or mask.dtype != torch.bool:
+                raise ValueError(f"mask {name} is {mask.dtype} of shape {tuple(mask.shape)}, expected "
+                                 f"torch.bool of shape {tuple(self.masks[name].shape)}")
+        active = sum(int(m.sum()) for m in masks.values())
+        expected = sum(int(m.sum()) for m in self.masks.values())
+        if self.config.method != "pruning" and active != expected:
+            raise ValueError(f"the masks hold {active:,} active weights; this configuration keeps {expected:,}")
+        for name, mask in masks.items():
+            self.masks[name] = mask.to(self.masks[name].device)
         self.step_count = state["step_count"]
         self.generator.set_state(state["generator"])
         self.last_update = dict(state["last_update"])
@@ -664,14 +721,16 @@ class TrainConfig:
         _check_choice("dataset", self.dataset, Dataset)
         _check_choice("precision", self.precision, Precision)
         for field, low in [("epochs", 1), ("batch_size", 1), ("val_size", 0), ("train_subset", 0),
-                           ("workers", 0), ("accumulate", 1)]:
+                           ("workers", 0), ("accumulate", 1), ("seed", 0)]:
             value = getattr(self, field)
-            if value is not None and (not isinstance(value, int) or value < low):
-                raise ValueError(f"{field} must be an integer >= {low}, got {value!r}")
-        for field in ("multiplier", "lr"):
-            value = getattr(self, field)
-            if value is not None and not value > 0:
-                raise ValueError(f"{field} must be > 0, got {value!r}")
+            if value is not None and (not isinstance(value, int) or not low <= value < 2**63):
+                raise ValueError(f"{field} must be an integer >= {low} (and < 2**63), got {value!r}")
+        for field, high, low_open in [("multiplier", math.inf, True), ("lr", math.inf, True),
+                                      ("lr_gamma", math.inf, True), ("weight_decay", math.inf, False),
+                                      ("momentum", 1, False), ("label_smoothing", 1, False), ("warmup", 1, False)]:
+            rule = f"{field} {'>' if low_open else '>='} 0" + (f" and <= {high}" if high < math.inf else "")
+            if getattr(self, field) is not None:
+                _check_range(field, getattr(self, field), 0.0, high, rule, low_open=low_open)
         if self.lr_milestones is not None:
             self.lr_milestones = tuple(self.lr_milestones)
             if not all(0 < m < 1 for m in self.lr_milestones):
@@ -729,8 +788,8 @@ class Run:
     scaler: torch.amp.GradScaler
     steps_per_epoch: int
     epochs: int
-    dense_macs: dict  # dense multiply-adds per masked layer and sample (flops.py)
     tally: object  # flops.FlopTally: training FLOPs so far
+    dense_macs: dict | None = None  # dense multiply-adds per masked layer and sample (flops.py)
     f_dense: float = 0.0  # forward FLOPs per sample, dense and with the current masks (paper's count)
     f_sparse: float = 0.0
     epoch: int = 0
@@ -745,7 +804,7 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
     import distributed
     import flops
     import runs
-    from data import DATASET_SHAPES, load_data, train_batch_count
+    from data import load_data, train_batch_count
     from models import build_model
     device = distributed.pick_device(cfg.device)
     if (sparse_cfg.method == "lottery") != (cfg.mask_from is not None):
@@ -760,6 +819,8 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
     # one optimizer step per --accumulate micro-batches; ×N epochs for N× longer training
     steps_per_epoch = math.ceil(train_batch_count(data, cfg.batch_size) / cfg.accumulate)
     epochs = round(cfg.epochs * cfg.multiplier)
+    if epochs < 1:
+        raise ValueError(f"--epochs {cfg.epochs} × --multiplier {cfg.multiplier} rounds to no epoch at all")
     total = steps_per_epoch * epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total, cfg.warmup, cfg.lr_milestones, cfg.lr_gamma))
@@ -771,11 +832,27 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
     run = Run(cfg, sparse_cfg, data, device, model, distributed.wrap(model, device), optimizer, scheduler,
               sparsity, torch.Generator(device=device).manual_seed(cfg.seed),
               torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"), steps_per_epoch, epochs,
-              flops.dense_layer_macs(model, list(sparsity.weights), DATASET_SHAPES[cfg.dataset][1]),
               flops.FlopTally(), history=[], layer_history=[{"epoch": 0, "densities": sparsity.densities()}])
-    run.f_dense = flops.PAPER_FLOPS_PER_MAC * sum(run.dense_macs.values())
+    run.dense_macs, run.f_dense = dense_flops(cfg, data.num_classes, model, list(sparsity.weights), width)
     run.f_sparse = forward_flops(run)
     return run
+
+
+def dense_flops(cfg: TrainConfig, num_classes: int, model: nn.Module, names: list[str],
+                width: float) -> tuple[dict, float]:
+    """The dense multiply-adds of each masked layer of `model`, and f_D, the forward FLOPs of the
+    full-width dense network (Small-Dense is compared with the network it stands in for)."""
+    import flops
+    from data import DATASET_SHAPES
+    from models import build_model
+    size = DATASET_SHAPES[cfg.dataset][1]
+    macs = flops.dense_layer_macs(model, names, size)
+    if width != 1.0:
+        with torch.random.fork_rng():  # the training's random numbers stay those of a run without it
+            full = build_model(cfg.model, num_classes)
+        macs_full = flops.dense_layer_macs(full, list(masked_weights(full)), size)
+        return macs, flops.PAPER_FLOPS_PER_MAC * sum(macs_full.values())
+    return macs, flops.PAPER_FLOPS_PER_MAC * sum(macs.values())
 
 
 def small_dense_width(model_name: str, num_classes: int, sparse_cfg: SparsityConfig) -> float:
@@ -836,7 +913,7 @@ def train(run: Run, out: Path, console) -> dict:
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     model.train()
     while run.epoch < run.epochs:
-        started, loss_sum, regrown, samples = time.perf_counter(), torch.zeros((), device=run.device), 0, 0
+        started, losses, regrown, samples = time.perf_counter(), [], 0, 0
         micro_batches = train_batch_count(run.data, cfg.batch_size)  # shuffled, augmented on the device:
         data = batches(run.data, run.data.train, cfg.batch_size, run.device, run.generator, run.epoch,
                        cfg.seed, cfg.workers)
@@ -844,9 +921,10 @@ def train(run: Run, out: Path, console) -> dict:
             for i, (x, y, count) in enumerate(data):
                 # forward and backward; --accumulate N adds up the gradients of N micro-batches
                 with autocast(run):
-                    loss = criterion(run.ddp_model(x), y) / cfg.accumulate
+                    loss = criterion(run.ddp_model(x), y) / micro_batches_in_step(i, cfg.accumulate, micro_batches)
                 run.scaler.scale(loss).backward()          # fp16 scales the loss; otherwise a no-op
-                loss_sum, samples = loss_sum + loss.detach(), samples + count
+                losses.append(loss.detach())
+                samples += count
                 if (i + 1) % cfg.accumulate and i + 1 < micro_batches:
                     continue
                 # RigL: on update steps, dropping and growing replace the optimizer step
@@ -862,8 +940,15 @@ def train(run: Run, out: Path, console) -> dict:
                 regrown += count_step(run, mask_update, samples)
                 samples = 0
                 show_progress(loss)
-        end_epoch(run, out, console, float(loss_sum) / run.steps_per_epoch, regrown, started)
+        end_epoch(run, out, console, losses, regrown, started)
     return runs.finish(run, out)
+
+
+def micro_batches_in_step(i: int, accumulate: int, micro_batches: int) -> int:
+    """How many micro-batches the optimizer step of micro-batch i adds up: --accumulate, or fewer
+    for the epoch's last step; each loss is divided by it, so a step sees their mean gradient."""
+    first = i - i % accumulate
+    return min(accumulate, micro_batches - first)
 
 
 def count_step(run: Run, mask_update: bool, samples: int) -> int:
@@ -899,53 +984,68 @@ METRIC_KEYS = ("epoch", "step", "lr", "train_loss", "val_acc", "test_acc", "drop
                "regrown", "elapsed")
 
 
-def end_epoch(run: Run, out: Path, console, train_loss: float, regrown: int, started: float) -> None:
+def end_epoch(run: Run, out: Path, console, losses: list, regrown: int, started: float) -> None:
     """Evaluate, print and record the epoch's metrics line, and save the checkpoint; under
-    torchrun by rank 0 only, once every rank has checked that they agree."""
-    import terminal
+    torchrun by rank 0 only, once every rank has checked that they agree. A run whose training
+    loss is not finite stops here, its last good checkpoint kept."""
     import distributed
     import runs
+    import terminal
     run.elapsed += time.perf_counter() - started
     run.epoch += 1
+    # the mean training loss of a step: each micro-batch's loss is already divided by its step's count
+    train_loss = float(functools.reduce(torch.add, losses, torch.zeros((), device=run.device))) / run.steps_per_epoch
     dynamic = run.sparse_cfg.method in DROP_AND_GROW
     alpha = cosine_drop_fraction(run.step, run.sparse_cfg.drop_fraction, run.sparsity.t_end)
     record = {"epoch": run.epoch, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
-              "train_loss": train_loss, "val_acc": evaluate(run, run.data.val),
+              "train_loss": train_loss if math.isfinite(train_loss) else None, "val_acc": evaluate(run, run.data.val),
               "test_acc": evaluate(run, run.data.test), "drop_fraction": alpha if dynamic else 0.0,
               "regrown": regrown, "elapsed": round(run.elapsed, 3)}
     run.history.append(record)
     run.layer_history.append({"epoch": run.epoch, "densities": run.sparsity.densities()})
     console.print(terminal.format_record(record), soft_wrap=True, highlight=False)
+    if not math.isfinite(train_loss):  # the metrics line (train_loss null) is kept, not the checkpoint
+        first = next(i for i, loss in enumerate(losses) if not torch.isfinite(loss))
+        step = run.step - run.steps_per_epoch + first // run.cfg.accumulate + 1
+        runs.save_records(out, run.history, run.layer_history) if distributed.is_main_process() else None
+        kept = f"the checkpoint of epoch {run.epoch - 1} is kept" if run.epoch > 1 else "no epoch was saved"
+        raise runs.Diverged(f"diverged at step {step}: the training loss is not finite; {kept} (try a lower --lr)")
     distributed.check_ranks_agree([t for name, w in run.sparsity.weights.items()
                                    for t in (w, run.sparsity.masks.get(name)) if t is not None], run.epoch)
     if distributed.is_main_process():
         runs.save_epoch(out, runs.checkpoint(run), run.history, run.layer_history)
 
 
+def run_config(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> dict:
+    """config.json: both configurations (tuples as JSON lists), the torch version, the git commit."""
+    import runs
+    return json.loads(json.dumps({"train": asdict(cfg), "sparsity": asdict(replace(sparse_cfg, seed=cfg.seed)),
+                                  "torch": torch.__version__, "git_commit": runs.git_commit()}))
+
+
 def start_run(cfg: TrainConfig, sparse_cfg: SparsityConfig, out: Path, resume: bool, console) -> dict:
-    """Create or resume the run directory `out` of a resolved configuration, and train (under
-    torchrun every process runs this; rank 0 prints and writes)."""
+    """Create or resume the run directory `out` of a resolved configuration and train, holding its
+    lock (under torchrun every process trains; rank 0 locks, prints and writes)."""
     import io
-    import terminal
     import distributed
     import runs
+    import terminal
     from rich.console import Console
-    out, sparse_cfg = Path(out), replace(sparse_cfg, seed=cfg.seed)
-    config = json.loads(json.dumps({"train": asdict(cfg), "sparsity": asdict(sparse_cfg),  # tuples as lists
-                                    "torch": torch.__version__, "git_commit": runs.git_commit()}))
-    runs.check_out_dir(out, config, resume)
+    out, sparse_cfg, config = Path(out), replace(sparse_cfg, seed=cfg.seed), run_config(cfg, sparse_cfg)
     distributed.init(cfg.device)
-    run = build_run(cfg, sparse_cfg)
-    if not distributed.is_main_process():
-        console = Console(file=io.StringIO())  # one rank speaks and writes
-    if resume:
-        runs.restore(run, runs.load_checkpoint(out, run.device))
-        run.f_sparse = forward_flops(run)
-        console.print(f"resumed {out} at epoch {run.epoch}, step {run.step}")
-    elif distributed.is_main_process():
-        runs.start(out, config, run.model.state_dict())
-    terminal.print_start(run, config, console)
-    summary = train(run, out, console)
+    main = distributed.is_main_process()
+    with runs.locked(out) if main else contextlib.nullcontext():
+        runs.check_out_dir(out, config, resume)
+        run = build_run(cfg, sparse_cfg)
+        console = console if main else Console(file=io.StringIO())  # one rank speaks and writes
+        if resume:
+            runs.restore(run, runs.load_checkpoint(out, run.device))
+            run.f_sparse = forward_flops(run)
+            console.print(f"resumed {out} at epoch {run.epoch}, step {run.step}")
+        elif main:
+            runs.start(out, config, run.model.state_dict())
+        terminal.print_start(run, config, console)
+        summary = train(run, out, console)
     terminal.print_done(summary, out, console)
     return summary
 
@@ -965,21 +1065,30 @@ def configs_from_options(options: dict) -> tuple[TrainConfig, SparsityConfig]:
     """The train command's options as its two configurations, the dataset's recipe resolved."""
     values = {**options, "lr_milestones": comma_separated(options["lr_milestones"], float),
               "dense_layers": comma_separated(options["dense_layers"], str)}
-    cfg = resolve_recipe(TrainConfig(**{f.name: values[f.name] for f in fields(TrainConfig)}))
-    return cfg, SparsityConfig(**{f.name: values[f.name] for f in fields(SparsityConfig) if f.name != "seed"},
-                               seed=cfg.seed)
+    try:
+        cfg = resolve_recipe(TrainConfig(**{f.name: values[f.name] for f in fields(TrainConfig)}))
+        sparse = {f.name: values[f.name] for f in fields(SparsityConfig) if f.name in values}  # not extra_weights:
+        return cfg, SparsityConfig(**{**sparse, "seed": cfg.seed})                             # our models need none
+    except ValueError as error:  # "lr_gamma must ..." as the user wrote it: "--lr-gamma must ..."
+        field, _, rule = str(error).partition(" must ")
+        raise ValueError(f"--{field.replace('_', '-')} must {rule}" if field in values and rule else str(error)) from None
 
 
 def train_command(options: dict) -> None:
     """python rigl.py train [OPTIONS]: one run into --out (default runs/<dataset>-<model>-<method>-
     <distribution>-d<density>-s<seed>), or the run there continued with --resume."""
     import terminal
-    console = terminal.make_console()
-    with terminal.user_errors(console, "interrupted: the last finished epoch is saved; continue with --resume"):
+    console, out = terminal.make_console(), Path(options["out"] or "runs")
+
+    def interrupted() -> str:
+        if (out / "checkpoint.pt").exists():
+            return f"interrupted: the last finished epoch is saved in {out}; continue with --resume"
+        return "interrupted before the first epoch finished: nothing to resume"
+    with terminal.user_errors(console, interrupted):
         cfg, sparse_cfg = configs_from_options(options)
-        out = options["out"] or (f"runs/{cfg.dataset}-{cfg.model}-{sparse_cfg.method}-"
-                                 f"{sparse_cfg.distribution}-d{sparse_cfg.density}-s{cfg.seed}")
-        start_run(cfg, sparse_cfg, Path(out), options["resume"], console)
+        if not options["out"]:
+            out = out / f"{cfg.dataset}-{cfg.model}-{sparse_cfg.method}-{sparse_cfg.distribution}-d{sparse_cfg.density}-s{cfg.seed}"
+        start_run(cfg, sparse_cfg, out, options["resume"], console)
 
 
 def main() -> None:

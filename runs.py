@@ -6,6 +6,8 @@ broken one; a killed run continues from its last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
@@ -21,11 +23,27 @@ class UsageError(ValueError):
     """A problem the user can fix from the command line; printed without a traceback."""
 
 
+class Diverged(UsageError):
+    """The training loss became NaN or infinite: the run stops, its last good checkpoint kept."""
+
+
 def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file and rename it, so a kill never leaves a broken file."""
+    """Write through a temporary file and rename it, so that a kill or a full disk never leaves a
+    broken file: the previous one stays until the new one is whole."""
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_json(path: Path):
+    """A JSON file of a run directory; a damaged one is named in a one-line error."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise UsageError(f"{path} is not readable JSON ({error})") from None
 
 
 def write_json(path: Path, value) -> None:
@@ -42,26 +60,49 @@ def git_commit() -> str | None:
     return result.stdout.strip() or None
 
 
+MAY_DIFFER = ("device", "data_dir", "workers")
+"""Settings that do not change a run's numbers: where it runs and where its data lie."""
+
+
 def config_differences(saved: dict, now: dict) -> list[str]:
-    """Fields that differ between a saved run and the one asked for (the device may change)."""
-    return [f"{key} (run has {saved[section].get(key)!r}, asked for {value!r})"
+    """Fields that differ between a saved run and the one asked for, but MAY_DIFFER."""
+    return [f"{key} (run has {saved.get(section, {}).get(key)!r}, asked for {value!r})"
             for section in ("train", "sparsity") for key, value in now[section].items()
-            if key != "device" and saved[section].get(key) != value]
+            if key not in MAY_DIFFER and saved.get(section, {}).get(key) != value]
+
+
+@contextlib.contextmanager
+def locked(out: Path):
+    """Hold an exclusive lock on OUT/.lock while a process writes the run: a second writer is
+    refused. The operating system releases it when the process ends, however it ends."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a run directory")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"{out} is being written by another process; wait for it to finish or "
+                             f"choose another --out") from None
+        yield
 
 
 def check_out_dir(out: Path, config: dict, resume: bool) -> None:
-    """A new run needs a directory without a run in it; --resume needs one with the same settings."""
-    checkpoint = out / "checkpoint.pt"
-    if resume:
-        if not checkpoint.exists():
-            raise UsageError(f"--resume: there is no checkpoint.pt in {out} to resume")
-        differences = config_differences(json.loads((out / "config.json").read_text()), config)
-        if differences:
-            raise UsageError(f"refusing to resume {out} with a different configuration: "
-                             + "; ".join(differences))
-    elif checkpoint.exists():
-        raise UsageError(f"{out} already holds a run; pass --resume to continue it, "
-                         f"or choose another --out")
+    """A new run needs a directory that holds no run (or the same settings' run that never finished
+    an epoch); --resume needs a checkpoint of the same settings. Anything else is refused, never
+    overwritten."""
+    found = {p.name for p in out.iterdir()} - {".lock"} if out.is_dir() else set()
+    if found and "config.json" not in found:
+        raise UsageError(f"--out {out} holds files that are not a run ({', '.join(sorted(found)[:3])}): "
+                         f"choose another --out")
+    if resume and "checkpoint.pt" not in found:
+        raise UsageError(f"--resume: there is no checkpoint.pt in {out} to resume")
+    if not resume and "checkpoint.pt" in found:
+        raise UsageError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    differences = config_differences(read_json(out / "config.json"), config) if found else []
+    if differences:
+        raise UsageError(("refusing to resume " if resume else "refusing to overwrite ") + f"{out}, a run "
+                         f"with a different configuration: " + "; ".join(differences))
 
 
 def start(out: Path, config: dict, initial_weights: dict) -> None:
@@ -74,13 +115,27 @@ def start(out: Path, config: dict, initial_weights: dict) -> None:
 def save_epoch(out: Path, checkpoint: dict, metrics: list[dict], densities: list[dict]) -> None:
     """After every epoch: checkpoint.pt, metrics.jsonl and densities.jsonl."""
     atomic_write(out / "checkpoint.pt", lambda p: torch.save(checkpoint, p))
+    save_records(out, metrics, densities)
+
+
+def save_records(out: Path, metrics: list[dict], densities: list[dict]) -> None:
+    """metrics.jsonl and densities.jsonl, strict JSON: a number that is not finite is refused."""
     for name, records in (("metrics.jsonl", metrics), ("densities.jsonl", densities)):
-        lines = "".join(json.dumps(r) + "\n" for r in records)
+        lines = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
         atomic_write(out / name, lambda p: p.write_text(lines))
 
 
 def load_checkpoint(out: Path, device: torch.device) -> dict:
-    return torch.load(out / "checkpoint.pt", map_location=device, weights_only=True)
+    """checkpoint.pt; a truncated, empty, random or foreign file is named in a one-line error."""
+    path = out / "checkpoint.pt"
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch raises EOFError, UnpicklingError, RuntimeError, ... by damage
+        raise UsageError(f"{path} is damaged or not a checkpoint ({type(error).__name__}); "
+                         f"remove it to start over, or choose another --out") from None
+    if not isinstance(state, dict) or "sparsity" not in state:
+        raise UsageError(f"{path} is not a checkpoint of this program; choose another --out")
+    return state
 
 
 def read_ticket(source: Path, model: str, dataset: str) -> tuple[dict, dict]:
@@ -88,7 +143,7 @@ def read_ticket(source: Path, model: str, dataset: str) -> tuple[dict, dict]:
     run of the same model on the same dataset (Frankle & Carbin 2019)."""
     if not (source / "init.pt").exists() or not (source / "checkpoint.pt").exists():
         raise UsageError(f"--mask-from {source}: expected a finished run's init.pt and checkpoint.pt there")
-    config = json.loads((source / "config.json").read_text())["train"]
+    config = read_json(source / "config.json")["train"]
     if (config["model"], config["dataset"]) != (model, dataset):
         raise UsageError(f"--mask-from {source} trained {config['model']} on {config['dataset']}, "
                          f"not {model} on {dataset}")
@@ -114,6 +169,14 @@ def checkpoint(run) -> dict:
 
 def restore(run, state: dict) -> None:
     """The inverse of checkpoint(): the run continues as if it had never stopped."""
+    try:
+        restore_state(run, state)
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise UsageError(f"the checkpoint does not fit this run ({type(error).__name__}: {first_line})") from None
+
+
+def restore_state(run, state: dict) -> None:
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])

@@ -24,19 +24,22 @@ def parse_grid(options: dict[str, str]) -> dict[str, list]:
     return grid
 
 
-def cells(grid: dict[str, list], unmasked: tuple[str, ...]) -> list[dict]:
-    """Every combination of the grid's values, one run each. The `unmasked` methods (dense,
-    Small-Dense) ignore the distribution, and dense the density too, so their duplicates are
-    dropped; lottery cells follow the pruning cell whose masks they retrain."""
+def cells(grid: dict[str, list], facts) -> list[dict]:
+    """Every combination of the grid's values, one run each. A method ignores what it does not use
+    (`facts`, a report.MethodFacts: dense and Small-Dense the distribution, dense the density,
+    static α and ΔT, ...), so cells that differ only there are one run; lottery cells follow the
+    pruning cell whose masks they retrain."""
     fields = [AXES[axis][0] for axis in grid]
     found, seen = [], set()
     for values in itertools.product(*grid.values()):
         cell = dict(zip(fields, values))
-        if cell["method"] in unmasked:
+        if cell["method"] in facts.unmasked:
             cell["distribution"] = "erk"
         if cell["method"] == "dense":
             cell["density"] = 1.0
-        key = tuple(sorted(cell.items()))
+        ignored = {"drop_fraction": facts.alpha} if cell["method"] not in facts.uses_alpha else {}
+        ignored |= {"update_interval": facts.interval} if cell["method"] not in facts.uses_interval else {}
+        key = tuple(sorted({**cell, **ignored}.items()))
         if key not in seen:
             seen.add(key)
             found.append(cell)

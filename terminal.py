@@ -17,19 +17,31 @@ def make_console():
 
 
 @contextlib.contextmanager
-def user_errors(console, interrupted: str = "interrupted"):
-    """A problem the user can fix ends the command with one line and exit code 2, not a traceback
-    (ValueError, and its kinds runs.UsageError and data.DataUnavailable)."""
+def user_errors(console, interrupted=lambda: "interrupted"):
+    """A problem the user can fix ends the command with one line and exit code 2, not a traceback:
+    ValueError (and its kinds runs.UsageError and data.DataUnavailable), and OSError (a full disk,
+    a folder it may not write). Ctrl-C says what `interrupted()` returns, with exit code 130."""
     try:
         yield
     except ValueError as error:
-        console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {one_line(str(error))}", highlight=False, soft_wrap=True)
+        raise SystemExit(2)
+    except OSError as error:
+        where = f": {error.filename}" if error.filename else ""
+        console.print(f"[red]error:[/] {error.strerror or error}{where}", highlight=False, soft_wrap=True)
         raise SystemExit(2)
     except KeyboardInterrupt:
-        console.print(interrupted)
+        console.print(interrupted())
         raise SystemExit(130)
     finally:
         distributed.close()
+
+
+def one_line(message: str) -> str:
+    """An error raised in a DataLoader worker comes wrapped in its traceback: keep its last line."""
+    if "Original Traceback" in message:
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+    return message
 
 
 def print_start(run, config: dict, console) -> None:
@@ -77,8 +89,9 @@ def epoch_progress(run, console):
 def format_record(r: dict) -> str:
     """One line per epoch with the same keys every time (README, "Metrics")."""
     val = "  n/a" if r["val_acc"] is None else f"{r['val_acc']:5.2f}"
+    loss = "   n/a" if r["train_loss"] is None else f"{r['train_loss']:.4f}"
     return (f"epoch {r['epoch']:>4}  step {r['step']:>7}  lr {r['lr']:.5f}  train loss "
-            f"{r['train_loss']:.4f}  val acc {val}  test acc {r['test_acc']:5.2f}  drop fraction "
+            f"{loss}  val acc {val}  test acc {r['test_acc']:5.2f}  drop fraction "
             f"{r['drop_fraction']:.4f}  regrown {r['regrown']:>7}  elapsed {r['elapsed']:8.1f}s")
 
 
