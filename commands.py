@@ -24,7 +24,7 @@ from models import build_model
 
 
 def app(rigl) -> typer.Typer:
-    """python rigl.py train | flops | sweep | report | bench."""
+    """python rigl.py train | flops | sweep | report | bench | export."""
     commands = typer.Typer(add_completion=False, no_args_is_help=True,
                            help="RigL and its baselines: `python rigl.py train --density 0.1`.")
     commands.command("train")(train_command(rigl))
@@ -33,6 +33,7 @@ def app(rigl) -> typer.Typer:
                                                 "ignore_unknown_options": True})(sweep_command(rigl))
     commands.command("report")(report_command(rigl))
     commands.command("bench")(bench_command(rigl))
+    commands.command("export")(export_command(rigl))
     return commands
 
 
@@ -290,6 +291,45 @@ def bench_rows(rigl, names: list[str], methods: list[str], density: float, updat
         make_sparsity, rigl.DROP_AND_GROW)]
 
 
+def bench_inference(rigl, density: float, repeats: int, threads: int, layers: bool, json_output: bool,
+                    console) -> None:
+    """bench --inference: WRN-22-2 and ResNet-50 at d with ERK and uniform masks (rigl's initial
+    ones), timed by sparse_inference.py in one process."""
+    import sparse_inference
+
+    def make_masks(model, distribution):
+        config = rigl.SparsityConfig(method="static", density=density, distribution=distribution)
+        return rigl.Sparsity(model, None, config, total_steps=1).masks
+    with terminal.user_errors(console):
+        if repeats < 1:
+            raise ValueError(f"--repeats must be >= 1, got {repeats}")
+        rows = sparse_inference.bench_inference(make_masks, threads=threads, repeats=repeats)
+    if json_output:
+        print(json.dumps({"density": density, "threads": threads, "repeats": repeats, "rows": rows}))
+    else:
+        sparse_inference.print_inference(rows, repeats, console, layers=layers)
+
+
+def export_command(rigl):
+    def export_(
+        run_dir: Annotated[str, typer.Argument(help="A run directory (config.json, checkpoint.pt).")],
+        fp16: Annotated[bool, typer.Option(help="Store the active values as fp16 (lossy, smaller).")] = False,
+        onnx_sparse: Annotated[bool, typer.Option(help="model.onnx with sparse initializers (smaller; ONNX Runtime reads it, not every runtime does).")] = False,
+        json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
+    ) -> None:
+        """RUN_DIR/model.compact.pt (bitmask + active values, lossless) and RUN_DIR/model.onnx,
+        each checked against the masked network (export.py)."""
+        import export
+        console = terminal.make_console()
+        with terminal.user_errors(console):
+            result = export.export_run(run_dir, fp16, onnx_sparse)
+        if json_output:
+            print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}))
+        else:
+            export.print_export(result, console)
+    return export_
+
+
 def bench_command(rigl):
     S, T = rigl.SparsityConfig, rigl.TrainConfig
 
@@ -302,10 +342,15 @@ def bench_command(rigl):
         repeats: Annotated[int, typer.Option(help="Rounds of dense and every method in turn; the median is kept.")] = 3,
         device: Annotated[str, typer.Option(help="auto (CUDA when available) | cpu | cuda | cuda:N.")] = T.device,
         json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
+        inference: Annotated[bool, typer.Option("--inference", help="Time CPU inference instead: dense, channels_last, per-layer sparse kernels, ONNX Runtime (sparse_inference.py).")] = False,
+        threads: Annotated[int, typer.Option(help="--inference: CPU threads.")] = 1,
+        layers: Annotated[bool, typer.Option("--layers", help="--inference: also the per-layer table of which layers went sparse.")] = False,
     ) -> None:
         """Training step time of dense and of each sparse method, averaged over a ΔT window, one
         mask update alone, and peak memory, side by side in this process; ratios to dense."""
         console = terminal.make_console()
+        if inference:
+            return bench_inference(rigl, density, repeats, threads, layers, json_output, console)
         with terminal.user_errors(console):
             target = distributed.pick_device(device)
             rows = bench_rows(rigl, [m.strip() for m in models.split(",") if m.strip()],

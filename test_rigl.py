@@ -1,5 +1,6 @@
 """Tests of the claims rigl.py and its modules make, a section per module: `python -m pytest -q`."""
 
+import copy
 import csv
 import io
 import json
@@ -10,18 +11,21 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
 from torch import nn
 
 import commands
+import export
 import flops
 import models
 import report
 import rigl
+import sparse_inference
 from models import MODEL_NAMES_HELP, Bottleneck, WideBasicBlock, build_model
 from rigl import Sparsity, SparsityConfig
 
@@ -2007,6 +2011,320 @@ def test_torchrun_run_resumes_after_a_kill(tmp_path):
     assert output.count(f"at epoch {done}, step {8 * done}") == 1
     assert "epoch 3: masks and weights identical on all 2 ranks" in output
     assert [m["epoch"] for m in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+
+
+# --- export.py and sparse_inference.py: helpers ---------------------------------------------------
+
+
+def sparse_model(name: str, classes: int, distribution: str = "erk", density: float = 0.1, seed: int = 0):
+    """A model, rigl's masks for it, and weights re-randomised afterwards so that the entries
+    outside the masks are NOT zero (the exporter must apply the masks itself); BatchNorm
+    statistics and biases made non-trivial too."""
+    torch.manual_seed(seed)
+    model = models.build_model(name, classes)
+    config = rigl.SparsityConfig(method="static", density=density, distribution=distribution)
+    masks = rigl.Sparsity(model, None, config, 10).masks
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                module.weight.normal_(0, 0.1)
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+            if isinstance(module, torch.nn.Linear):
+                module.bias.normal_(0, 0.1)
+    return model.eval(), masks
+
+
+def reference_masked(model, masks):
+    """The masked network computed independently of export.masked_model."""
+    reference = copy.deepcopy(model).eval()
+    parameters = dict(reference.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            parameters[name].mul_(mask)
+    return reference
+
+
+def write_run(root, method: str = "rigl", model_name: str = "wrn-10-1", dataset: str = "synthetic"):
+    """A run directory as rigl.start_run and runs.save_epoch write it (only the keys export reads
+    beside the structure): config.json and checkpoint.pt."""
+    classes = {"synthetic": 10, "cifar10": 10}[dataset]
+    torch.manual_seed(0)
+    model = models.build_model(model_name, classes)
+    sparsity = rigl.Sparsity(model, None, rigl.SparsityConfig(method=method, density=0.1), 10)
+    config = {"train": asdict(rigl.TrainConfig(model=model_name, dataset=dataset)),
+              "sparsity": asdict(sparsity.config), "torch": torch.__version__, "git_commit": None}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps(config))
+    torch.save({"model": model.state_dict(), "sparsity": sparsity.state_dict(), "epoch": 1}, root / "checkpoint.pt")
+    return model, sparsity.masks
+
+
+def onnx_available() -> bool:
+    return export.onnx_missing() is None
+
+
+# --- export.py: bitmasks and the compact file -----------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (8,), (9,), (3, 5, 3, 3), (64, 17)])
+def test_pack_bits_round_trip_and_numpy_layout(shape):
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(1)) < 0.3
+    bits = export.pack_bits(mask)
+    assert bits.dtype == torch.uint8 and bits.numel() == (mask.numel() + 7) // 8
+    assert torch.equal(export.unpack_bits(bits, mask.shape), mask)
+    np.testing.assert_array_equal(bits.numpy(), np.packbits(mask.flatten().numpy(), bitorder="little"))
+
+
+@pytest.mark.parametrize("name, classes, size", [("wrn-22-2", 10, 32), ("resnet50", 1000, 64)])
+def test_compact_round_trip_is_exact(tmp_path, name, classes, size):
+    model, masks = sparse_model(name, classes)
+    path = tmp_path / "model.compact.pt"
+    arch = {"model": name, "num_classes": classes, "width_scale": 1.0, "input_size": size}
+    export.save_compact(path, model, masks, arch)
+    rebuilt = export.load_compact(path)
+    reference = reference_masked(model, masks)
+    assert not rebuilt.training
+    for key, tensor in reference.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], tensor), key
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), reference(x))
+        assert torch.equal(export.masked_model(model, masks)(x), reference(x))
+        assert not torch.equal(model(x), reference(x))  # the masks do matter here
+
+
+def test_compact_values_are_in_mask_order():
+    weight = torch.arange(12.0).view(3, 4)
+    mask = torch.tensor([[0, 1, 0, 0], [1, 0, 0, 1], [0, 0, 1, 0]], dtype=torch.bool)
+    model = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        model.weight.copy_(weight)
+    entry = export.compact_state(model, {"weight": mask})["sparse"]["weight"]
+    assert entry["values"].tolist() == [1.0, 4.0, 7.0, 10.0]
+    assert entry["values"].dtype == torch.float32 and entry["shape"] == [3, 4]
+    state, masks = export.expand_state(export.compact_state(model, {"weight": mask}))
+    assert torch.equal(state["weight"], weight * mask) and torch.equal(masks["weight"], mask)
+
+
+def test_fp16_values_are_smaller_and_close(tmp_path):
+    model, masks = sparse_model("wrn-10-1", 10)
+    arch = {"model": "wrn-10-1", "num_classes": 10, "width_scale": 1.0, "input_size": 32}
+    full = export.save_compact(tmp_path / "a.pt", model, masks, arch)
+    half = export.save_compact(tmp_path / "b.pt", model, masks, arch, fp16=True)
+    assert half < full
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        difference = (export.load_compact(tmp_path / "b.pt")(x) - reference_masked(model, masks)(x)).abs().max()
+    assert 0 < difference < 1e-2
+
+
+def test_size_ratio_wrn_22_2_erk_d01(tmp_path):
+    model, masks = sparse_model("wrn-22-2", 10)
+    arch = {"model": "wrn-22-2", "num_classes": 10, "width_scale": 1.0, "input_size": 32}
+    compact = export.save_compact(tmp_path / "model.compact.pt", model, masks, arch)
+    ratio = compact / export.saved_bytes(model.state_dict())
+    assert ratio <= 0.16, ratio
+
+
+def test_load_compact_refuses_other_files(tmp_path):
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(export.ExportError, match="is not a compact model file"):
+        export.load_compact(tmp_path / "other.pt")
+
+
+def test_mask_for_unknown_weight_is_refused():
+    with pytest.raises(ValueError, match="names no weight of the model"):
+        export.compact_state(torch.nn.Linear(2, 2), {"nope.weight": torch.ones(2, 2, dtype=torch.bool)})
+
+
+# --- export.py: export_run on a run directory, python rigl.py export ------------------------------
+
+
+def test_export_run_writes_exact_compact_file_and_onnx(tmp_path):
+    run = tmp_path / "run"
+    model, masks = write_run(run)
+    result = export.export_run(run)
+    assert result["max_abs_diff"] == 0.0
+    assert result["compact_path"] == str(run / export.COMPACT_NAME) and (run / export.COMPACT_NAME).is_file()
+    assert result["compact_bytes"] == (run / export.COMPACT_NAME).stat().st_size
+    assert result["dense_bytes"] == export.saved_bytes(torch.load(run / "checkpoint.pt")["model"])
+    assert result["size_ratio"] == result["compact_bytes"] / result["dense_bytes"] < 0.5
+    rebuilt = export.load_compact(run / export.COMPACT_NAME)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), reference_masked(model, masks)(x))
+    if onnx_available():
+        assert (run / export.ONNX_NAME).is_file() and result["onnx_path"] == str(run / export.ONNX_NAME)
+        try:
+            import onnxruntime  # noqa: F401
+            assert result["onnx_max_abs_diff"] < 1e-4
+        except ImportError:
+            assert result["onnx_max_abs_diff"] is None
+    else:
+        assert result["onnx_path"] is None and "pip install onnx" in result["note"]
+    console = Console(file=io.StringIO(), width=200)
+    export.print_export(result, console)
+    assert export.COMPACT_NAME in console.file.getvalue()
+
+
+def test_export_run_fp16(tmp_path):
+    write_run(tmp_path / "run")
+    full = export.export_run(tmp_path / "run")
+    half = export.export_run(tmp_path / "run", fp16=True)
+    assert half["compact_bytes"] < full["compact_bytes"] and 0 < half["max_abs_diff"] < 1e-2
+
+
+@pytest.mark.parametrize("method", ["dense", "small-dense"])
+def test_export_of_a_dense_run_is_refused_in_one_line(tmp_path, method):
+    write_run(tmp_path / "run", method=method)
+    with pytest.raises(ValueError) as error:
+        export.export_run(tmp_path / "run")
+    message = str(error.value)
+    assert "has no masks to export: it trained a dense network" in message and "\n" not in message
+    assert isinstance(error.value, export.ExportError)
+
+
+def test_export_of_a_missing_or_incomplete_run_directory_is_refused_in_one_line(tmp_path):
+    for path, detail in [(tmp_path / "absent", "it does not exist"), (tmp_path, "it has no config.json")]:
+        with pytest.raises(ValueError, match="is not a run directory: " + detail) as error:
+            export.export_run(path)
+        assert "\n" not in str(error.value)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="it has no checkpoint.pt"):
+        export.export_run(tmp_path)
+    torch.save({"model": {}}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="is not a run directory: cannot read") as error:
+        export.export_run(tmp_path)
+    assert "\n" not in str(error.value)
+
+
+def test_new_modules_do_not_import_rigl():
+    code = "import sys, export, sparse_inference; assert 'rigl' not in sys.modules, 'rigl imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- sparse_inference.py: sparse kernels where they pay -------------------------------------------
+
+
+@pytest.mark.parametrize("name, classes, size", [("wrn-22-2", 10, 32), ("resnet50", 1000, 64)])
+def test_every_sparse_kernel_matches_the_masked_layer(name, classes, size):
+    model, masks = sparse_model(name, classes, "uniform")  # uniform: the classifier is masked too
+    dense = reference_masked(model, masks)
+    names = [n.removesuffix(".weight") for n in masks]
+    shapes = sparse_inference.layer_inputs(dense, names, torch.zeros(2, 3, size, size))
+    kernels = set()
+    with torch.no_grad():
+        for layer in names:
+            module = dense.get_submodule(layer)
+            for batch in (1, 2):
+                x = torch.randn(batch, *shapes[layer][1:])
+                for kernel, sparse in sparse_inference.sparse_candidates(module).items():
+                    difference = sparse_inference.relative_difference(sparse(x), module(x))
+                    assert difference <= 1e-5, (layer, kernel, batch, difference)
+                    kernels.add(kernel)
+    assert kernels == {"unfold", "kn2row", "1x1", "csr"}
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_sparsified_model_equals_masked_dense(batch):
+    model, masks = sparse_model("wrn-22-2", 10, "uniform")
+    x = torch.randn(batch, 3, 32, 32)
+    sparse, rows = sparse_inference.sparsify_for_inference(model, masks, x, threads=1, repeats=1,
+                                                           min_speedup=0.0)
+    assert all(r["chosen"] for r in rows) and len(rows) == len(masks)
+    assert {type(m).__name__ for m in sparse.modules()} >= {"SparseConv2d", "SparseLinear"}
+    y = torch.randn(batch, 3, 32, 32)
+    with torch.no_grad():
+        assert sparse_inference.relative_difference(sparse(y), reference_masked(model, masks)(y)) <= 1e-5
+    assert set(rows[0]) >= {"name", "shape", "density", "dense_ms", "sparse_ms", "speedup", "chosen"}
+
+
+def test_sparsify_keeps_dense_layers_where_sparse_is_slower():
+    model, masks = sparse_model("wrn-10-1", 10)
+    x = torch.randn(1, 3, 32, 32)
+    sparse, rows = sparse_inference.sparsify_for_inference(model, masks, x, repeats=1, min_speedup=1e9)
+    assert not any(r["chosen"] for r in rows)
+    assert not any(isinstance(m, (sparse_inference.SparseConv2d, sparse_inference.SparseLinear))
+                   for m in sparse.modules())
+
+
+def test_compare_inference_rows_and_table():
+    model, masks = sparse_model("wrn-10-1", 10)
+    rows = sparse_inference.compare_inference([("wrn-10-1 erk", model, masks, 32)], [1], threads=1, repeats=1)
+    variants = [r["variant"] for r in rows]
+    assert variants[:3] == ["dense eager", "channels_last", "per-layer sparse"]
+    assert ("onnxruntime" in variants) == (onnx_available() and _has_onnxruntime())
+    assert rows[0]["ratio"] == 1.0 and all(r["max_rel_diff"] <= 1e-5 for r in rows)
+    console = Console(file=io.StringIO(), width=200)
+    sparse_inference.print_inference(rows, 1, console, layers=True)
+    assert "per-layer sparse" in console.file.getvalue() and "group1.0.conv1" in console.file.getvalue()
+
+
+def test_bench_inference_uses_the_given_masks():
+    calls = []
+
+    def make_masks(model, distribution):
+        calls.append(distribution)
+        config = rigl.SparsityConfig(method="static", density=0.1, distribution=distribution)
+        return rigl.Sparsity(model, None, config, 10).masks
+    rows = sparse_inference.bench_inference(make_masks, threads=1, repeats=1, names=("wrn-22-2",),
+                                            distributions=("uniform",))
+    assert calls == ["uniform"]
+    assert {(r["model"], r["batch"]) for r in rows} == {("wrn-22-2 uniform", 1), ("wrn-22-2 uniform", 16)}
+
+
+def _has_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_onnx_with_sparse_initializers_is_smaller_and_equal(tmp_path):
+    pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    write_run(tmp_path / "run", model_name="wrn-16-2")
+    dense = export.export_run(tmp_path / "run")
+    sparse = export.export_run(tmp_path / "run", onnx_sparse=True)
+    assert sparse["onnx_bytes"] < 0.5 * dense["onnx_bytes"] and sparse["onnx_max_abs_diff"] < 1e-4
+    session = onnxruntime.InferenceSession(sparse["onnx_path"], providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 32, 32)  # another batch size: the batch axis is dynamic
+    with torch.no_grad():
+        expected = export.load_compact(sparse["compact_path"])(x)
+    assert np.abs(session.run(["logits"], {"images": x.numpy()})[0] - expected.numpy()).max() < 1e-4
+
+
+def test_bench_inference_refuses_unknown_models_and_threads():
+    with pytest.raises(ValueError, match="bench --inference models are wrn-22-2, resnet50, got 'vgg'"):
+        sparse_inference.bench_inference(lambda m, d: {}, names=("vgg",))
+    with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+        sparse_inference.bench_inference(lambda m, d: {}, threads=0)
+
+
+def test_export_of_a_checkpoint_that_does_not_fit_its_config_is_refused_in_one_line(tmp_path):
+    write_run(tmp_path / "run", model_name="wrn-10-1")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    config["train"]["model"] = "wrn-16-1"
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not fit wrn-16-1 of config.json: .* missing") as error:
+        export.export_run(tmp_path / "run")
+    assert "\n" not in str(error.value)
+
+
+def test_export_command_json(finished_run, tmp_path):
+    import shutil
+    shutil.copytree(finished_run, tmp_path / "run")
+    result = cli("export", str(tmp_path / "run"), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["max_abs_diff"] == 0.0 and report["size_ratio"] < 0.2
+    missing = cli("export", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "is not a run directory" in missing.stdout
 
 
 # --- teacher.py: why RigL exists, in a few seconds ----------------------------------------------
