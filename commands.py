@@ -43,7 +43,8 @@ def app(rigl) -> typer.Typer:
 
 
 def train_command(rigl):
-    S, T = rigl.SparsityConfig, rigl.TrainConfig
+    S, T = rigl.SparsityConfig, rigl.TrainConfig  # their fields' defaults are the options' defaults
+
     def train_(
         method: Annotated[rigl.Method, typer.Option(help="How the masks change (README, Methods).")] = S.method,
         density: Annotated[float, typer.Option(help="d: overall fraction of conv/linear weights active.")] = S.density,
@@ -78,7 +79,7 @@ def train_command(rigl):
         out: Annotated[Optional[str], typer.Option(help="Run directory. Default: runs/<dataset>-<model>-<method>-<distribution>-d<density>-s<seed>.")] = None,
         resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
     ) -> None:
-        """Train (defaults: the report's CIFAR-10 WRN-22-2 RigL (ERK) run); each option is the rigl.py field."""
+        """Train; the defaults are the report's CIFAR-10 WRN-22-2 RigL (ERK) run."""
         rigl.train_command(dict(locals()))
     return train_
 

@@ -827,7 +827,8 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
     sparsity = Sparsity(model, optimizer, sparse_cfg, total_steps=total)
     if sparse_cfg.method == "lottery":  # the initial weights and final masks of --mask-from
         init, masks = runs.read_ticket(Path(cfg.mask_from), cfg.model, cfg.dataset)
-        model.load_state_dict(init), sparsity.set_masks(masks)
+        model.load_state_dict(init)
+        sparsity.set_masks(masks)
     data.to(device)
     run = Run(cfg, sparse_cfg, data, device, model, distributed.wrap(model, device), optimizer, scheduler,
               sparsity, torch.Generator(device=device).manual_seed(cfg.seed),
@@ -1007,7 +1008,8 @@ def end_epoch(run: Run, out: Path, console, losses: list, regrown: int, started:
     if not math.isfinite(train_loss):  # the metrics line (train_loss null) is kept, not the checkpoint
         first = next(i for i, loss in enumerate(losses) if not torch.isfinite(loss))
         step = run.step - run.steps_per_epoch + first // run.cfg.accumulate + 1
-        runs.save_records(out, run.history, run.layer_history) if distributed.is_main_process() else None
+        if distributed.is_main_process():
+            runs.save_records(out, run.history, run.layer_history)
         kept = f"the checkpoint of epoch {run.epoch - 1} is kept" if run.epoch > 1 else "no epoch was saved"
         raise runs.Diverged(f"diverged at step {step}: the training loss is not finite; {kept} (try a lower --lr)")
     distributed.check_ranks_agree([t for name, w in run.sparsity.weights.items()
