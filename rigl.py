@@ -1021,7 +1021,7 @@ def end_epoch(run: Run, out: Path, console, losses: list, regrown: int, started:
 def run_config(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> dict:
     """config.json: both configurations (tuples as JSON lists), the torch version, the git commit."""
     import runs
-    return json.loads(json.dumps({"train": asdict(cfg), "sparsity": asdict(replace(sparse_cfg, seed=cfg.seed)),
+    return json.loads(json.dumps({"train": asdict(cfg), "sparsity": asdict(sparse_cfg),
                                   "torch": torch.__version__, "git_commit": runs.git_commit()}))
 
 
@@ -1033,7 +1033,8 @@ def start_run(cfg: TrainConfig, sparse_cfg: SparsityConfig, out: Path, resume: b
     import runs
     import terminal
     from rich.console import Console
-    out, sparse_cfg, config = Path(out), replace(sparse_cfg, seed=cfg.seed), run_config(cfg, sparse_cfg)
+    out, sparse_cfg = Path(out), replace(sparse_cfg, seed=cfg.seed)  # one seed for the run and its masks
+    config = run_config(cfg, sparse_cfg)
     distributed.init(cfg.device)
     main = distributed.is_main_process()
     with runs.locked(out) if main else contextlib.nullcontext():

@@ -2063,6 +2063,14 @@ def write_run(root, method: str = "rigl", model_name: str = "wrn-10-1", dataset:
     return model, sparsity.masks
 
 
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def onnx_available() -> bool:
     return export.onnx_missing() is None
 
@@ -2257,7 +2265,7 @@ def test_compare_inference_rows_and_table():
     rows = sparse_inference.compare_inference([("wrn-10-1 erk", model, masks, 32)], [1], threads=1, repeats=1)
     variants = [r["variant"] for r in rows]
     assert variants[:3] == ["dense eager", "channels_last", "per-layer sparse"]
-    assert ("onnxruntime" in variants) == (onnx_available() and _has_onnxruntime())
+    assert ("onnxruntime" in variants) == (onnx_available() and onnxruntime_available())
     assert rows[0]["ratio"] == 1.0 and all(r["max_rel_diff"] <= 1e-5 for r in rows)
     console = Console(file=io.StringIO(), width=200)
     sparse_inference.print_inference(rows, 1, console, layers=True)
@@ -2275,14 +2283,6 @@ def test_bench_inference_uses_the_given_masks():
                                             distributions=("uniform",))
     assert calls == ["uniform"]
     assert {(r["model"], r["batch"]) for r in rows} == {("wrn-22-2 uniform", 1), ("wrn-22-2 uniform", 16)}
-
-
-def _has_onnxruntime() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def test_onnx_with_sparse_initializers_is_smaller_and_equal(tmp_path):
