@@ -1,12 +1,14 @@
-"""The command line: train, flops, sweep, report and bench, each declared the way typer documents.
+"""The command line: train, flops, sweep, report, bench and export, each declared the way typer documents.
 
 `app(rigl)` builds it. `rigl` is the rigl module that is running (rigl.main passes itself), so the
-module is loaded once and stays the one source of what the commands use: the configurations and
-their defaults, the methods, the densities, the training loop.
+module is loaded once and stays the one source of what the commands use: SparsityConfig and its
+defaults, the methods, the densities, the training loop. TrainConfig and the recipes come from
+recipes.py.
 """
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,10 +23,14 @@ import sweep
 import terminal
 from data import DATASET_SHAPES
 from models import build_model
+from recipes import REPORT_STEPS, Dataset, Precision, TrainConfig, resolve_recipe
 
 
 def app(rigl) -> typer.Typer:
     """python rigl.py train | flops | sweep | report | bench | export."""
+    # A mask update replaces the optimizer step by design; with ΔT = 1 the first step is one, and
+    # torch would warn that the learning-rate schedule stepped before the optimizer did.
+    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
     commands = typer.Typer(add_completion=False, no_args_is_help=True,
                            help="RigL and its baselines: `python rigl.py train --density 0.1`.")
     commands.command("train")(train_command(rigl))
@@ -43,7 +49,7 @@ def app(rigl) -> typer.Typer:
 
 
 def train_command(rigl):
-    S, T = rigl.SparsityConfig, rigl.TrainConfig  # their fields' defaults are the options' defaults
+    S, T = rigl.SparsityConfig, TrainConfig  # their fields' defaults are the options' defaults
 
     def train_(
         method: Annotated[rigl.Method, typer.Option(help="How the masks change (README, Methods).")] = S.method,
@@ -56,7 +62,7 @@ def train_command(rigl):
         t_start: Annotated[float, typer.Option(help="Pruning: fraction of training where it starts.")] = S.t_start,
         dense_layers: Annotated[Optional[str], typer.Option(help="Comma-separated layers kept dense outside the budget; '' for none. Default: the first for uniform, none for er/erk.")] = S.dense_layers,
         model: Annotated[Optional[str], typer.Option(help="wrn-D-K, resnet50-cifar or resnet50. Default: the dataset's recipe.")] = T.model,
-        dataset: Annotated[rigl.Dataset, typer.Option(help="imagenet reads an ImageFolder tree (train/, val/).")] = T.dataset,
+        dataset: Annotated[Dataset, typer.Option(help="imagenet reads an ImageFolder tree (train/, val/).")] = T.dataset,
         data_dir: Annotated[str, typer.Option(help="Directory holding (or receiving) the dataset.")] = T.data_dir,
         epochs: Annotated[Optional[int], typer.Option(help="Epochs at 1×. Default: the recipe's (250 on CIFAR).")] = T.epochs,
         multiplier: Annotated[float, typer.Option(help="Train N× longer: epochs, lr milestones and T_end scale.")] = T.multiplier,
@@ -72,7 +78,7 @@ def train_command(rigl):
         train_subset: Annotated[int, typer.Option(help="Train on the first N training images (0: all).")] = T.train_subset,
         seed: Annotated[int, typer.Option(help="Seeds initialisation, data order, augmentation and masks.")] = T.seed,
         device: Annotated[str, typer.Option(help="auto (CUDA when available) | cpu | cuda | cuda:N.")] = T.device,
-        precision: Annotated[rigl.Precision, typer.Option(help="Autocast of the forward pass; fp16 adds a gradient scaler.")] = T.precision,
+        precision: Annotated[Precision, typer.Option(help="Autocast of the forward pass; fp16 adds a gradient scaler.")] = T.precision,
         accumulate: Annotated[int, typer.Option(help="One optimizer step every N micro-batches of --batch-size.")] = T.accumulate,
         workers: Annotated[int, typer.Option(help="DataLoader processes for ImageNet.")] = T.workers,
         mask_from: Annotated[Optional[str], typer.Option(help="Lottery: a finished (pruning) run whose masks and initial weights are retrained.")] = T.mask_from,
@@ -80,8 +86,42 @@ def train_command(rigl):
         resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
     ) -> None:
         """Train; the defaults are the report's CIFAR-10 WRN-22-2 RigL (ERK) run."""
-        rigl.train_command(dict(locals()))
+        train_run(rigl, dict(locals()))
     return train_
+
+
+def comma_separated(text: str | None, kind: type) -> tuple | None:
+    """"0.3,0.7" -> (0.3, 0.7); None stays None (the field's default), "" is the empty tuple."""
+    return None if text is None else tuple(kind(p.strip()) for p in text.split(",") if p.strip())
+
+
+def configs_from_options(rigl, options: dict) -> tuple:
+    """The train options as (TrainConfig, SparsityConfig), the dataset's recipe resolved."""
+    values = {**options, "lr_milestones": comma_separated(options["lr_milestones"], float),
+              "dense_layers": comma_separated(options["dense_layers"], str)}
+    try:
+        cfg = resolve_recipe(TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)}))
+        sparse = {f.name: values[f.name] for f in dataclasses.fields(rigl.SparsityConfig) if f.name in values}
+        return cfg, rigl.SparsityConfig(**{**sparse, "seed": cfg.seed})  # not extra_weights: our models need none
+    except ValueError as error:  # "lr_gamma must ..." as the user wrote it: "--lr-gamma must ..."
+        field, _, rule = str(error).partition(" must ")
+        raise ValueError(f"--{field.replace('_', '-')} must {rule}" if field in values and rule else str(error)) from None
+
+
+def train_run(rigl, options: dict) -> None:
+    """One run into --out (default runs/<dataset>-<model>-<method>-<distribution>-d<density>-s<seed>),
+    or the run there continued with --resume; a stop names what is saved."""
+    console, out = terminal.make_console(), Path(options["out"] or "runs")
+
+    def interrupted() -> str:
+        if (out / "checkpoint.pt").exists():
+            return f"interrupted: the last finished epoch is saved in {out}; continue with --resume"
+        return "interrupted before the first epoch finished: nothing to resume"
+    with terminal.user_errors(console, interrupted):
+        cfg, sparse_cfg = configs_from_options(rigl, options)
+        if not options["out"]:
+            out = out / f"{cfg.dataset}-{cfg.model}-{sparse_cfg.method}-{sparse_cfg.distribution}-d{sparse_cfg.density}-s{cfg.seed}"
+        rigl.start_run(cfg, sparse_cfg, out, options["resume"], console)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +157,7 @@ def method_flops(rigl, model_name: str, dataset: str, sparse_cfg, multiplier: fl
     allocation = rigl.initial_densities(shapes, dataclasses.replace(sparse_cfg, method="static"))
     train_densities = None
     if method == "pruning":
-        steps = rigl.REPORT_STEPS
+        steps = REPORT_STEPS
         t0, t1 = int(sparse_cfg.t_start * steps), int(sparse_cfg.t_end * steps)
         train_densities = {n: rigl.mean_pruning_density(d, steps, t0, t1) for n, d in allocation.items()}
     return flops.flop_report(shapes, dense_macs, allocation, train_densities=train_densities, **common)
@@ -138,7 +178,7 @@ def table2_columns(rigl, model_name: str, dataset: str, sparse_cfg, multiplier: 
 
 
 def flops_command(rigl):
-    S, T = rigl.SparsityConfig, rigl.TrainConfig
+    S, T = rigl.SparsityConfig, TrainConfig
 
     def flops_(
         method: Annotated[rigl.Method, typer.Option(help="Method whose training FLOPs are counted.")] = S.method,
@@ -147,7 +187,7 @@ def flops_command(rigl):
         update_interval: Annotated[int, typer.Option(help="ΔT: RigL pays a dense gradient once per ΔT + 1 steps.")] = S.update_interval,
         dense_layers: Annotated[Optional[str], typer.Option(help="Comma-separated layers kept dense outside the budget (the authors' scripts: conv1).")] = S.dense_layers,
         model: Annotated[Optional[str], typer.Option(help="Network. Default: the dataset's recipe.")] = T.model,
-        dataset: Annotated[rigl.Dataset, typer.Option(help="Sets the input size and the number of classes.")] = T.dataset,
+        dataset: Annotated[Dataset, typer.Option(help="Sets the input size and the number of classes.")] = T.dataset,
         multiplier: Annotated[float, typer.Option(help="Train N× longer (training FLOPs scale).")] = T.multiplier,
         json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     ) -> None:
@@ -155,9 +195,9 @@ def flops_command(rigl):
         columns for every method (paper convention: multiplies and adds counted separately)."""
         console = terminal.make_console()
         with terminal.user_errors(console):
-            cfg = rigl.resolve_recipe(T(model=model, dataset=dataset, multiplier=multiplier))
+            cfg = resolve_recipe(T(model=model, dataset=dataset, multiplier=multiplier))
             sparse_cfg = S(method=method, density=density, distribution=distribution, update_interval=update_interval,
-                           dense_layers=rigl.comma_separated(dense_layers, str))
+                           dense_layers=comma_separated(dense_layers, str))
             result = method_flops(rigl, cfg.model, dataset, sparse_cfg, multiplier)
             result["methods"] = table2_columns(rigl, cfg.model, dataset, sparse_cfg, multiplier)
         if json_output:
@@ -189,7 +229,7 @@ def train_options_of(ctx: typer.Context) -> dict:
 def cell_configs(rigl, options: dict, cell: dict, root: Path, varied: set[str]) -> tuple:
     """One cell's configurations: the train options with the cell's values; a lottery cell
     retrains the masks of the matching pruning cell."""
-    cfg, sparse_cfg = rigl.configs_from_options({**options, **cell})
+    cfg, sparse_cfg = configs_from_options(rigl, {**options, **cell})
     if cell["method"] == "lottery":
         cfg = dataclasses.replace(cfg, mask_from=str(root / sweep.cell_name({**cell, "method": "pruning"}, varied)))
     return cfg, sparse_cfg
@@ -206,7 +246,7 @@ def run_grid(rigl, root: Path, grid: dict, options: dict, dry_run: bool, console
     for cell, (cfg, sparse_cfg) in zip(cells, configs):  # a cell is done only with the settings asked for
         out = root / sweep.cell_name(cell, varied)
         saved = runs.read_json(out / "config.json") if (out / "config.json").exists() else None
-        differences = runs.config_differences(saved, rigl.run_config(cfg, sparse_cfg)) if saved else []
+        differences = runs.config_differences(saved, runs.run_config(cfg, sparse_cfg)) if saved else []
         if differences:
             raise runs.UsageError(f"{out} holds a run with other settings: {'; '.join(differences)}; "
                                   f"sweep into another ROOT")
@@ -219,7 +259,7 @@ def run_grid(rigl, root: Path, grid: dict, options: dict, dry_run: bool, console
 
 
 def sweep_command(rigl):
-    S, T = rigl.SparsityConfig, rigl.TrainConfig
+    S, T = rigl.SparsityConfig, TrainConfig
 
     def sweep_(
         ctx: typer.Context,
@@ -332,7 +372,7 @@ def export_command(rigl):
 
 
 def bench_command(rigl):
-    S, T = rigl.SparsityConfig, rigl.TrainConfig
+    S, T = rigl.SparsityConfig, TrainConfig
 
     def bench_(
         models: Annotated[str, typer.Option(help="Comma-separated: wrn-22-2 (CIFAR shapes), resnet50 (ImageNet shapes).")] = ",".join(bench.MODELS),

@@ -64,13 +64,14 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
-def check_ranks_agree(tensors: list[torch.Tensor], epoch: int) -> None:
-    """Under torchrun, every rank must hold the same masks and weights (they rank the same
-    all-reduced gradients with the same generator): compare fingerprints, stop if they differ."""
+def check_ranks_agree(sparsity, epoch: int) -> None:
+    """Under torchrun, every rank must hold the same masks and weights of a rigl.Sparsity (they rank
+    the same all-reduced gradients with the same generator): compare fingerprints, stop if they differ."""
     rank, size = world()
     if size == 1:
         return
     digest = hashlib.sha256()
+    tensors = list(sparsity.weights.values()) + list(sparsity.masks.values())
     for tensor in tensors:
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     fingerprints = [None] * size

@@ -31,23 +31,22 @@ Symbols of the paper and their names here:
 
 The file reads in three parts: the algorithm (configuration, layer densities, masks, schedules,
 drop and grow, the `Sparsity` holder), which imports only torch and the standard library and can be
-copied on its own; the training recipes and one visible training loop; the `train` command. What a
-reader of the algorithm does not need lives beside it (README, "The code"): models.py, flops.py,
-data.py, runs.py, distributed.py, terminal.py, and commands.py, which declares the command line.
+copied on its own; one visible training loop; the `train` command. What a reader of the algorithm
+does not need lives beside it (README, "The code"): recipes.py, models.py, flops.py, data.py,
+runs.py, distributed.py, terminal.py, and commands.py, which declares the command line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from torch import nn
@@ -72,8 +71,6 @@ DENSE_GRADIENT = {"rigl": "update steps", "rigl-sg": "update steps", "rigl-sm": 
 """When a method needs the dense gradient ∂L/∂W (RigL to grow, SNFS for its dense momentum);
 the others never do. The FLOP accounting charges it (paper Sec. 4, report appendix)."""
 Distribution = Literal["uniform", "er", "erk"]
-REPORT_STEPS = 87_891
-"""Training steps of the report's CIFAR run: 250 epochs of 45,000 images at batch 128."""
 
 
 @dataclass
@@ -95,8 +92,9 @@ class SparsityConfig:
     """ΔT, training steps between mask updates; 100 (paper Sec. 4.1)."""
     t_end: float = 0.75
     """T_end as a fraction of all training steps; masks are frozen after it. 0.75 (paper Sec. 4.1)."""
-    t_start: float = 700 / REPORT_STEPS
-    """Pruning only: fraction of training at which gradual pruning starts; step 700 of 87,891 (RR)."""
+    t_start: float = 700 / 87_891
+    """Pruning only: fraction of training at which gradual pruning starts; RR starts at step 700 of
+    the report's 87,891 (recipes.REPORT_STEPS; a test checks that the two agree)."""
     dense_layers: tuple[str, ...] | None = None
     """Weights kept dense and outside the budget. None = the distribution's default: the first
     layer for uniform (TF, RR), none for er/erk (their capping decides). () = none at all."""
@@ -394,8 +392,7 @@ class Sparsity:
 
     Build it after the model is on its device and the optimizer exists, then per training step:
     `loss.backward()`; `if not sparsity.replaces_optimizer_step(): optimizer.step()`;
-    `sparsity.apply_masks()`. `total_steps` is the number of training steps of the whole run (it
-    fixes T_end).
+    `sparsity.apply_masks()`. `total_steps`, the training steps of the whole run, fixes T_end.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None,
@@ -548,8 +545,7 @@ class Sparsity:
 
     def momentum(self, name: str) -> torch.Tensor:
         """The optimizer's first moment of a weight (SGD momentum buffer or Adam's exp_avg)."""
-        weight = self.weights[name]
-        state = self.optimizer.state.get(weight, {}) if self.optimizer is not None else {}
+        state = self._optimizer_state(self.weights[name])
         for key in ("momentum_buffer", "exp_avg"):
             if state.get(key) is not None:
                 return state[key]
@@ -566,18 +562,16 @@ class Sparsity:
         old, weight = self.masks[name], self.weights[name]
         survivors = new & old
         weight.mul_(survivors)
-        if self.config.method != "snfs":
-            for state in self._optimizer_state(weight):
-                state.mul_(survivors)
+        if self.config.method != "snfs":  # per-weight tensors: SGD's momentum, Adam's exp_avg(_sq)...
+            for state in self._optimizer_state(weight).values():
+                if torch.is_tensor(state) and state.shape == weight.shape:
+                    state.mul_(survivors)
         self.masks[name] = new
         return int((new & ~old).sum())
 
-    def _optimizer_state(self, weight: torch.Tensor) -> list[torch.Tensor]:
-        """Per-weight optimizer tensors: SGD's momentum buffer, Adam's exp_avg and exp_avg_sq..."""
-        if self.optimizer is None:
-            return []
-        state = self.optimizer.state.get(weight, {})
-        return [t for t in state.values() if torch.is_tensor(t) and t.shape == weight.shape]
+    def _optimizer_state(self, weight: torch.Tensor) -> dict:
+        """The optimizer's state of a weight ({} without an optimizer, or before its first step)."""
+        return self.optimizer.state.get(weight, {}) if self.optimizer is not None else {}
 
     @torch.no_grad()
     def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
@@ -585,8 +579,7 @@ class Sparsity:
         for name, mask in masks.items():
             if name not in self.weights or mask.shape != self.weights[name].shape:
                 raise ValueError(f"mask {name} of shape {tuple(mask.shape)} fits no masked weight")
-        device = next(iter(self.weights.values())).device
-        self.masks = {name: mask.to(device=device, dtype=torch.bool) for name, mask in masks.items()}
+        self.masks = {name: mask.to(self.generator.device, torch.bool) for name, mask in masks.items()}
         self.apply_masks()
 
     def _check_counts(self, before: dict[str, int]) -> None:
@@ -656,153 +649,22 @@ class Sparsity:
 
 
 # =============================================================================================
-# Training: the report's recipes and one visible loop
-# Data, run directories and torchrun live in data.py, runs.py and distributed.py; they, models.py
-# and flops.py are imported inside the functions below, so the algorithm above needs none of them.
+# Training: a run's parts (build_run), then one visible loop (train). The recipes (TrainConfig, lr
+# schedule, SGD) are in recipes.py; data, run directories and torchrun in data.py, runs.py and
+# distributed.py. They, models.py and flops.py are imported inside the functions below, so the
+# algorithm above needs none of them.
 # =============================================================================================
 
-Dataset = Literal["cifar10", "cifar100", "imagenet", "synthetic"]
-Precision = Literal["fp32", "bf16", "fp16"]
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class TrainConfig:
-    """One training run. Fields left at None take the dataset's recipe (RECIPES below)."""
-
-    model: str | None = None
-    """Network from models.py: wrn-D-K, resnet50-cifar or resnet50. Recipe: wrn-22-2 (CIFAR-10),
-    resnet50-cifar (CIFAR-100), resnet50 (ImageNet), wrn-10-1 (synthetic)."""
-    dataset: Dataset = "cifar10"
-    """cifar10 | cifar100 | imagenet (an ImageFolder tree with train/ and val/) | synthetic."""
-    data_dir: str = "data"
-    """Directory holding (or receiving) the dataset."""
-    epochs: int | None = None
-    """Epochs at 1×. Recipe: 250 (CIFAR, report), 100 (ImageNet, paper), 5 (synthetic)."""
-    multiplier: float = 1.0
-    """Train N× longer: epochs, learning-rate milestones and T_end all scale (report's RigL 2×)."""
-    batch_size: int | None = None
-    """Recipe: 128 (CIFAR, report), 256 (ImageNet)."""
-    lr: float | None = None
-    """Peak learning rate. Recipe: 0.1 (CIFAR, report); 0.1 per 256 images (ImageNet, paper)."""
-    momentum: float = 0.9
-    """Nesterov momentum of SGD (report)."""
-    weight_decay: float | None = None
-    """L2 on parameters with ndim > 1 only. Recipe: 5e-4 (CIFAR-10), 1e-4 (CIFAR-100, ImageNet)."""
-    label_smoothing: float | None = None
-    """Recipe: 0 (CIFAR-10), 0.1 (CIFAR-100, ImageNet)."""
-    warmup: float | None = None
-    """Linear warm-up as a fraction of training. Recipe: 0; CIFAR-100 1,760 of 87,891 steps (RR)."""
-    lr_milestones: tuple[float, ...] | None = None
-    """Fractions of training at which lr is multiplied by lr_gamma. Recipe: every 30,000 of the
-    report's 87,891 steps (CIFAR-10), every 20,000 (CIFAR-100), epochs 30/70/90 of 100 (ImageNet)."""
-    lr_gamma: float | None = None
-    """Learning-rate decay factor. Recipe: 0.2 (CIFAR, report), 0.1 (ImageNet)."""
-    val_size: int = 5000
-    """Training images held out for validation (report: 5,000); 0 trains on all 50k (paper Table 1)."""
-    train_subset: int = 0
-    """Train on the first N training images (0: all); for synthetic, the generated training set size."""
-    seed: int = 0
-    """Seeds the initialisation, data order, augmentation and masks."""
-    device: str = "auto"
-    """auto (CUDA when available) | cpu | cuda | cuda:N."""
-    precision: Precision = "fp32"
-    """fp32 | bf16 | fp16: autocast of the forward pass; fp16 adds a gradient scaler."""
-    accumulate: int = 1
-    """Gradient accumulation: one optimizer step every N micro-batches of --batch-size; ΔT, T_end
-    and the learning-rate schedule count optimizer steps, and growth sees the accumulated gradient."""
-    workers: int = 8
-    """DataLoader worker processes for ImageNet (CIFAR is held in memory and needs none)."""
-    mask_from: str | None = None
-    """Lottery only: a finished run's directory (a pruning run) whose final masks and initial
-    weights are retrained with a static mask (Frankle & Carbin 2019; report Sec. 4)."""
-
-    def __post_init__(self) -> None:
-        _check_choice("dataset", self.dataset, Dataset)
-        _check_choice("precision", self.precision, Precision)
-        for field, low in [("epochs", 1), ("batch_size", 1), ("val_size", 0), ("train_subset", 0),
-                           ("workers", 0), ("accumulate", 1), ("seed", 0)]:
-            value = getattr(self, field)
-            if value is not None and (not isinstance(value, int) or not low <= value < 2**63):
-                raise ValueError(f"{field} must be an integer >= {low} (and < 2**63), got {value!r}")
-        for field, high, low_open in [("multiplier", math.inf, True), ("lr", math.inf, True),
-                                      ("lr_gamma", math.inf, True), ("weight_decay", math.inf, False),
-                                      ("momentum", 1, False), ("label_smoothing", 1, False), ("warmup", 1, False)]:
-            rule = f"{field} {'>' if low_open else '>='} 0" + (f" and <= {high}" if high < math.inf else "")
-            if getattr(self, field) is not None:
-                _check_range(field, getattr(self, field), 0.0, high, rule, low_open=low_open)
-        if self.lr_milestones is not None:
-            self.lr_milestones = tuple(self.lr_milestones)
-            if not all(0 < m < 1 for m in self.lr_milestones):
-                raise ValueError(f"lr_milestones must be fractions in (0, 1), got {self.lr_milestones}")
-
-
-def _every(interval: int, total: int = REPORT_STEPS) -> tuple[float, ...]:
-    """Milestones 'every `interval` steps' of the report's run, as fractions of training."""
-    return tuple(m / total for m in range(interval, total, interval))
-
-
-RECIPES: dict[str, dict] = {
-    "cifar10": dict(model="wrn-22-2", epochs=250, batch_size=128, lr=0.1, weight_decay=5e-4,
-                    label_smoothing=0.0, warmup=0.0, lr_milestones=_every(30_000), lr_gamma=0.2),
-    "cifar100": dict(model="resnet50-cifar", epochs=250, batch_size=128, lr=0.1, weight_decay=1e-4,
-                     label_smoothing=0.1, warmup=1760 / REPORT_STEPS, lr_milestones=_every(20_000),
-                     lr_gamma=0.2),
-    "imagenet": dict(model="resnet50", epochs=100, batch_size=256, lr=None, weight_decay=1e-4,
-                     label_smoothing=0.1, warmup=0.0, lr_milestones=(0.3, 0.7, 0.9), lr_gamma=0.1),
-    "synthetic": dict(model="wrn-10-1", epochs=5, batch_size=128, lr=0.1, weight_decay=5e-4,
-                      label_smoothing=0.0, warmup=0.0, lr_milestones=_every(30_000), lr_gamma=0.2),
-}
-
-
-def resolve_recipe(cfg: TrainConfig) -> TrainConfig:
-    """Fill every None field from the dataset's recipe; ImageNet's lr is 0.1 × batch / 256."""
-    values = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
-    for field, default in RECIPES[cfg.dataset].items():
-        if values[field] is None:
-            values[field] = default
-    if values["lr"] is None:
-        values["lr"] = 0.1 * values["batch_size"] / 256
-    return TrainConfig(**values)
-
-
-# ---------------------------------------------------------------------------------------------
-# A run: data, model, optimizer, schedule and masks, all that a checkpoint saves
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """Everything a training run holds; runs.checkpoint saves all of it and runs.restore restores it."""
-
-    cfg: TrainConfig
-    sparse_cfg: SparsityConfig
-    data: object  # data.Data
-    device: torch.device
-    model: nn.Module
-    ddp_model: nn.Module  # the model's DistributedDataParallel wrapper under torchrun, else the model
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    sparsity: Sparsity
-    generator: torch.Generator  # data order and augmentation
-    scaler: torch.amp.GradScaler
-    steps_per_epoch: int
-    epochs: int
-    tally: object  # flops.FlopTally: training FLOPs so far
-    dense_macs: dict | None = None  # dense multiply-adds per masked layer and sample (flops.py)
-    f_dense: float = 0.0  # forward FLOPs per sample, dense and with the current masks (paper's count)
-    f_sparse: float = 0.0
-    epoch: int = 0
-    step: int = 0
-    elapsed: float = 0.0
-    history: list | None = None  # metrics.jsonl
-    layer_history: list | None = None  # densities.jsonl
+if TYPE_CHECKING:  # for the annotations below only; nothing is imported when rigl.py runs
+    from recipes import TrainConfig
+    from runs import Run
 
 
 def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
     """Data, model, optimizer, learning-rate schedule and masks of a resolved configuration."""
     import distributed
     import flops
+    import recipes
     import runs
     from data import load_data, train_batch_count
     from models import build_model
@@ -815,25 +677,23 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
     model = build_model(cfg.model, num_classes=data.num_classes, width_scale=width).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = recipes.make_optimizer(model, cfg)
     # one optimizer step per --accumulate micro-batches; ×N epochs for N× longer training
     steps_per_epoch = math.ceil(train_batch_count(data, cfg.batch_size) / cfg.accumulate)
-    epochs = round(cfg.epochs * cfg.multiplier)
-    if epochs < 1:
-        raise ValueError(f"--epochs {cfg.epochs} × --multiplier {cfg.multiplier} rounds to no epoch at all")
+    epochs = round(cfg.epochs * cfg.multiplier)  # at least 1 (TrainConfig checks it)
     total = steps_per_epoch * epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, cfg.warmup, cfg.lr_milestones, cfg.lr_gamma))
+        optimizer, lambda step: recipes.lr_factor(step, total, cfg.warmup, cfg.lr_milestones, cfg.lr_gamma))
     sparsity = Sparsity(model, optimizer, sparse_cfg, total_steps=total)
     if sparse_cfg.method == "lottery":  # the initial weights and final masks of --mask-from
         init, masks = runs.read_ticket(Path(cfg.mask_from), cfg.model, cfg.dataset)
         model.load_state_dict(init)
         sparsity.set_masks(masks)
     data.to(device)
-    run = Run(cfg, sparse_cfg, data, device, model, distributed.wrap(model, device), optimizer, scheduler,
-              sparsity, torch.Generator(device=device).manual_seed(cfg.seed),
-              torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"), steps_per_epoch, epochs,
-              flops.FlopTally(), history=[], layer_history=[{"epoch": 0, "densities": sparsity.densities()}])
+    run = runs.Run(cfg, sparse_cfg, data, device, model, distributed.wrap(model, device), optimizer, scheduler,
+                   sparsity, torch.Generator(device=device).manual_seed(cfg.seed),
+                   torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"), steps_per_epoch,
+                   epochs, flops.FlopTally(), history=[], layer_history=[{"epoch": 0, "densities": sparsity.densities()}])
     run.dense_macs, run.f_dense = dense_flops(cfg, data.num_classes, model, list(sparsity.weights), width)
     run.f_sparse = forward_flops(run)
     return run
@@ -847,13 +707,12 @@ def dense_flops(cfg: TrainConfig, num_classes: int, model: nn.Module, names: lis
     from data import DATASET_SHAPES
     from models import build_model
     size = DATASET_SHAPES[cfg.dataset][1]
-    macs = flops.dense_layer_macs(model, names, size)
+    macs = full_macs = flops.dense_layer_macs(model, names, size)
     if width != 1.0:
         with torch.random.fork_rng():  # the training's random numbers stay those of a run without it
             full = build_model(cfg.model, num_classes)
-        macs_full = flops.dense_layer_macs(full, list(masked_weights(full)), size)
-        return macs, flops.PAPER_FLOPS_PER_MAC * sum(macs_full.values())
-    return macs, flops.PAPER_FLOPS_PER_MAC * sum(macs.values())
+        full_macs = flops.dense_layer_macs(full, list(masked_weights(full)), size)
+    return macs, flops.PAPER_FLOPS_PER_MAC * sum(full_macs.values())
 
 
 def small_dense_width(model_name: str, num_classes: int, sparse_cfg: SparsityConfig) -> float:
@@ -869,24 +728,6 @@ def small_dense_width(model_name: str, num_classes: int, sparse_cfg: SparsityCon
                            lambda model: sum(w.numel() for w in masked_weights(model).values()))
 
 
-def lr_factor(step: int, total_steps: int, warmup: float, milestones: tuple[float, ...],
-              gamma: float) -> float:
-    """Linear warm-up over the first `warmup` of training, then ×gamma at every milestone passed."""
-    warm = warmup * total_steps
-    if step < warm:
-        return (step + 1) / warm
-    return gamma ** sum(step >= m * total_steps for m in milestones)
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with Nesterov momentum; weight decay only on parameters with ndim > 1 (report)."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                            {"params": no_decay, "weight_decay": 0.0}],
-                           lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-
-
 def forward_flops(run: Run) -> float:
     """f_S of the current masks, per sample, in the paper's convention (flops.py)."""
     import flops
@@ -895,6 +736,7 @@ def forward_flops(run: Run) -> float:
 
 def autocast(run: Run):
     """Mixed precision of the forward pass (--precision); fp32 disables it."""
+    from recipes import AUTOCAST
     dtype = AUTOCAST[run.cfg.precision]
     return torch.autocast(run.device.type, dtype or torch.bfloat16, enabled=dtype is not None)
 
@@ -981,10 +823,6 @@ def evaluate(run: Run, split) -> float | None:
     return 100.0 * correct / total
 
 
-METRIC_KEYS = ("epoch", "step", "lr", "train_loss", "val_acc", "test_acc", "drop_fraction",
-               "regrown", "elapsed")
-
-
 def end_epoch(run: Run, out: Path, console, losses: list, regrown: int, started: float) -> None:
     """Evaluate, print and record the epoch's metrics line, and save the checkpoint; under
     torchrun by rank 0 only, once every rank has checked that they agree. A run whose training
@@ -1006,23 +844,17 @@ def end_epoch(run: Run, out: Path, console, losses: list, regrown: int, started:
     run.layer_history.append({"epoch": run.epoch, "densities": run.sparsity.densities()})
     console.print(terminal.format_record(record), soft_wrap=True, highlight=False)
     if not math.isfinite(train_loss):  # the metrics line (train_loss null) is kept, not the checkpoint
-        first = next(i for i, loss in enumerate(losses) if not torch.isfinite(loss))
-        step = run.step - run.steps_per_epoch + first // run.cfg.accumulate + 1
-        if distributed.is_main_process():
-            runs.save_records(out, run.history, run.layer_history)
-        kept = f"the checkpoint of epoch {run.epoch - 1} is kept" if run.epoch > 1 else "no epoch was saved"
-        raise runs.Diverged(f"diverged at step {step}: the training loss is not finite; {kept} (try a lower --lr)")
-    distributed.check_ranks_agree([t for name, w in run.sparsity.weights.items()
-                                   for t in (w, run.sparsity.masks.get(name)) if t is not None], run.epoch)
+        raise runs.diverged(run, out, losses)
+    distributed.check_ranks_agree(run.sparsity, run.epoch)
     if distributed.is_main_process():
         runs.save_epoch(out, runs.checkpoint(run), run.history, run.layer_history)
 
 
-def run_config(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> dict:
-    """config.json: both configurations (tuples as JSON lists), the torch version, the git commit."""
-    import runs
-    return json.loads(json.dumps({"train": asdict(cfg), "sparsity": asdict(sparse_cfg),
-                                  "torch": torch.__version__, "git_commit": runs.git_commit()}))
+# =============================================================================================
+# The train command: python rigl.py train --density 0.1
+# commands.py declares its options (the fields of recipes.TrainConfig and SparsityConfig, with
+# their defaults) and turns them into the two configurations that start_run trains.
+# =============================================================================================
 
 
 def start_run(cfg: TrainConfig, sparse_cfg: SparsityConfig, out: Path, resume: bool, console) -> dict:
@@ -1034,7 +866,7 @@ def start_run(cfg: TrainConfig, sparse_cfg: SparsityConfig, out: Path, resume: b
     import terminal
     from rich.console import Console
     out, sparse_cfg = Path(out), replace(sparse_cfg, seed=cfg.seed)  # one seed for the run and its masks
-    config = run_config(cfg, sparse_cfg)
+    config = runs.run_config(cfg, sparse_cfg)
     distributed.init(cfg.device)
     main = distributed.is_main_process()
     with runs.locked(out) if main else contextlib.nullcontext():
@@ -1053,49 +885,8 @@ def start_run(cfg: TrainConfig, sparse_cfg: SparsityConfig, out: Path, resume: b
     return summary
 
 
-# =============================================================================================
-# The train command: python rigl.py train --density 0.1
-# Its options (commands.py) are the fields of TrainConfig and SparsityConfig, with their defaults.
-# =============================================================================================
-
-
-def comma_separated(text: str | None, kind: type) -> tuple | None:
-    """"0.3,0.7" -> (0.3, 0.7); None stays None (the field's default), "" is the empty tuple."""
-    return None if text is None else tuple(kind(p.strip()) for p in text.split(",") if p.strip())
-
-
-def configs_from_options(options: dict) -> tuple[TrainConfig, SparsityConfig]:
-    """The train command's options as its two configurations, the dataset's recipe resolved."""
-    values = {**options, "lr_milestones": comma_separated(options["lr_milestones"], float),
-              "dense_layers": comma_separated(options["dense_layers"], str)}
-    try:
-        cfg = resolve_recipe(TrainConfig(**{f.name: values[f.name] for f in fields(TrainConfig)}))
-        sparse = {f.name: values[f.name] for f in fields(SparsityConfig) if f.name in values}  # not extra_weights:
-        return cfg, SparsityConfig(**{**sparse, "seed": cfg.seed})                             # our models need none
-    except ValueError as error:  # "lr_gamma must ..." as the user wrote it: "--lr-gamma must ..."
-        field, _, rule = str(error).partition(" must ")
-        raise ValueError(f"--{field.replace('_', '-')} must {rule}" if field in values and rule else str(error)) from None
-
-
-def train_command(options: dict) -> None:
-    """python rigl.py train [OPTIONS]: one run into --out (default runs/<dataset>-<model>-<method>-
-    <distribution>-d<density>-s<seed>), or the run there continued with --resume."""
-    import terminal
-    console, out = terminal.make_console(), Path(options["out"] or "runs")
-
-    def interrupted() -> str:
-        if (out / "checkpoint.pt").exists():
-            return f"interrupted: the last finished epoch is saved in {out}; continue with --resume"
-        return "interrupted before the first epoch finished: nothing to resume"
-    with terminal.user_errors(console, interrupted):
-        cfg, sparse_cfg = configs_from_options(options)
-        if not options["out"]:
-            out = out / f"{cfg.dataset}-{cfg.model}-{sparse_cfg.method}-{sparse_cfg.distribution}-d{sparse_cfg.density}-s{cfg.seed}"
-        start_run(cfg, sparse_cfg, out, options["resume"], console)
-
-
 def main() -> None:
-    """python rigl.py train | flops | sweep | report | bench; COMMAND --help lists every option."""
+    """python rigl.py train | flops | sweep | report | bench | export; COMMAND --help lists its options."""
     try:
         import commands
     except ImportError as error:

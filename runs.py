@@ -1,4 +1,5 @@
-"""Run directories: config.json, init.pt, checkpoint.pt, metrics.jsonl, densities.jsonl, summary.json.
+"""A run: what it holds in memory (Run), and its directory: config.json, init.pt, checkpoint.pt,
+metrics.jsonl, densities.jsonl, summary.json.
 
 Every file is replaced atomically (written beside it, then renamed), so a kill never leaves a
 broken one; a killed run continues from its last checkpoint.
@@ -11,12 +12,48 @@ import fcntl
 import json
 import os
 import subprocess
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 import distributed
 from flops import CONVENTION
+
+
+@dataclass
+class Run:
+    """Everything a training run holds (rigl.build_run makes it); checkpoint() saves all of it and
+    restore() restores it."""
+
+    cfg: object  # recipes.TrainConfig, resolved
+    sparse_cfg: object  # rigl.SparsityConfig
+    data: object  # data.Data
+    device: torch.device
+    model: torch.nn.Module
+    ddp_model: torch.nn.Module  # the model's DistributedDataParallel wrapper under torchrun, else the model
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    sparsity: object  # rigl.Sparsity
+    generator: torch.Generator  # data order and augmentation
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+    epochs: int
+    tally: object  # flops.FlopTally: training FLOPs so far
+    dense_macs: dict | None = None  # dense multiply-adds per masked layer and sample (flops.py)
+    f_dense: float = 0.0  # forward FLOPs per sample, dense and with the current masks (paper's count)
+    f_sparse: float = 0.0
+    epoch: int = 0
+    step: int = 0
+    elapsed: float = 0.0
+    history: list | None = None  # metrics.jsonl
+    layer_history: list | None = None  # densities.jsonl
+
+
+def run_config(cfg, sparse_cfg) -> dict:
+    """config.json: both configurations (tuples as JSON lists), the torch version, the git commit."""
+    return json.loads(json.dumps({"train": asdict(cfg), "sparsity": asdict(sparse_cfg),
+                                  "torch": torch.__version__, "git_commit": git_commit()}))
 
 
 class UsageError(ValueError):
@@ -125,6 +162,17 @@ def save_records(out: Path, metrics: list[dict], densities: list[dict]) -> None:
         atomic_write(out / name, lambda p: p.write_text(lines))
 
 
+def diverged(run: Run, out: Path, losses: list) -> Diverged:
+    """The error that stops a run whose training loss is not finite, naming the first step that
+    diverged. Its metrics (train_loss null) are saved; its checkpoint stays the last good one."""
+    first = next(i for i, loss in enumerate(losses) if not torch.isfinite(loss))
+    step = run.step - run.steps_per_epoch + first // run.cfg.accumulate + 1
+    if distributed.is_main_process():
+        save_records(out, run.history, run.layer_history)
+    kept = f"the checkpoint of epoch {run.epoch - 1} is kept" if run.epoch > 1 else "no epoch was saved"
+    return Diverged(f"diverged at step {step}: the training loss is not finite; {kept} (try a lower --lr)")
+
+
 def load_checkpoint(out: Path, device: torch.device) -> dict:
     """checkpoint.pt; a truncated, empty, random or foreign file is named in a one-line error."""
     path = out / "checkpoint.pt"
@@ -152,7 +200,7 @@ def read_ticket(source: Path, model: str, dataset: str) -> tuple[dict, dict]:
 
 
 # ---------------------------------------------------------------------------------------------
-# What a checkpoint and a summary hold (of a rigl.Run)
+# What a checkpoint and a summary hold of a Run
 # ---------------------------------------------------------------------------------------------
 
 

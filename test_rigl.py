@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -24,9 +25,11 @@ import export
 import flops
 import models
 import report
+import recipes
 import rigl
 import sparse_inference
 from models import MODEL_NAMES_HELP, Bottleneck, WideBasicBlock, build_model
+from recipes import REPORT_STEPS, TrainConfig, resolve_recipe
 from rigl import Sparsity, SparsityConfig
 
 
@@ -791,7 +794,7 @@ def our_imports() -> dict[str, set[str]]:
 
 def test_flops_is_a_leaf_nothing_rigl_uses_imports_it_and_there_is_no_circle():
     graph = our_imports()
-    assert graph["flops"] == set() and graph["models"] == set()
+    assert graph["flops"] == set() and graph["models"] == set() and graph["recipes"] == set()
 
     def reaches(start, goal, seen=()):
         return any(n == goal or (n not in seen and reaches(n, goal, seen + (n,))) for n in graph[start])
@@ -832,7 +835,8 @@ def test_cli_run_writes_config_metrics_summary_and_checkpoint(smoke_run):
     assert {"torch", "git_commit"} <= set(config)
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["epoch"] for m in metrics] == [1, 2]
-    assert all(tuple(m) == rigl.METRIC_KEYS for m in metrics)
+    keys = ("epoch", "step", "lr", "train_loss", "val_acc", "test_acc", "drop_fraction", "regrown", "elapsed")
+    assert all(tuple(m) == keys for m in metrics)  # the fixed keys of README "Metrics", in order
     assert metrics[-1]["step"] == 16 and metrics[0]["regrown"] > 0
     summary = json.loads((out / "summary.json").read_text())
     assert {"final_val_acc", "final_test_acc", "best_val_acc", "wall_time", "steps", "layers"} <= set(summary)
@@ -851,8 +855,9 @@ def test_cli_run_writes_config_metrics_summary_and_checkpoint(smoke_run):
     assert "masked layers" in stdout and "epoch    2" in stdout
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler")  # step 1 is a mask update
 def test_training_with_accumulation_counts_optimizer_steps(tmp_path):
-    cfg = rigl.resolve_recipe(rigl.TrainConfig(dataset="synthetic", train_subset=512, val_size=0, epochs=1,
+    cfg = resolve_recipe(TrainConfig(dataset="synthetic", train_subset=512, val_size=0, epochs=1,
                                                batch_size=64, accumulate=3))
     summary = rigl.start_run(cfg, SparsityConfig(update_interval=1), tmp_path / "run", resume=False,
                              console=rich_console())
@@ -875,7 +880,7 @@ def test_accumulation_through_the_training_loop_matches_one_big_batch(tmp_path, 
     monkeypatch.setattr(models, "build_model", no_batch_norm)
 
     def trained(batch_size, accumulate):
-        cfg = rigl.resolve_recipe(rigl.TrainConfig(dataset="synthetic", train_subset=512, val_size=0, epochs=2,
+        cfg = resolve_recipe(TrainConfig(dataset="synthetic", train_subset=512, val_size=0, epochs=2,
                                                    batch_size=batch_size, accumulate=accumulate))
         run = rigl.build_run(cfg, SparsityConfig(density=0.2, update_interval=2, dense_layers=()))
         run.data.augment = lambda images, generator: images
@@ -894,9 +899,9 @@ def test_accumulation_through_the_training_loop_matches_one_big_batch(tmp_path, 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_runs_train_on_cpu(tmp_path, precision):
-    cfg = rigl.TrainConfig(dataset="synthetic", train_subset=256, val_size=0, epochs=1, batch_size=64,
+    cfg = TrainConfig(dataset="synthetic", train_subset=256, val_size=0, epochs=1, batch_size=64,
                            precision=precision)
-    run = rigl.build_run(rigl.resolve_recipe(cfg), SparsityConfig(update_interval=2))
+    run = rigl.build_run(resolve_recipe(cfg), SparsityConfig(update_interval=2))
     run.data.test = tuple(t[:256] for t in run.data.test)
     summary = rigl.train(run, tmp_path, rich_console())
     assert summary["steps"] == 4 and run.scaler.is_enabled() == (precision == "fp16")
@@ -906,7 +911,7 @@ def test_mixed_precision_runs_train_on_cpu(tmp_path, precision):
 
 
 def test_synthetic_data_is_learnable(tmp_path):
-    cfg = rigl.resolve_recipe(rigl.TrainConfig(dataset="synthetic", train_subset=2000, val_size=500, epochs=3,
+    cfg = resolve_recipe(TrainConfig(dataset="synthetic", train_subset=2000, val_size=500, epochs=3,
                                                seed=1))
     summary = rigl.start_run(cfg, SparsityConfig(density=0.1, update_interval=10), tmp_path / "run",
                              resume=False, console=rich_console())
@@ -932,7 +937,7 @@ def test_flops_and_train_describe_the_same_small_dense_network(tmp_path):
                  "--density", "0.1", "--json")
     assert result.returncode == 0, result.stderr
     counted = [(r["name"], r["shape"]) for r in json.loads(result.stdout)["layers"]]
-    cfg = rigl.resolve_recipe(rigl.TrainConfig(dataset="synthetic", model="wrn-22-2", train_subset=64,
+    cfg = resolve_recipe(TrainConfig(dataset="synthetic", model="wrn-22-2", train_subset=64,
                                                val_size=0, epochs=1))
     trained = rigl.build_run(cfg, SparsityConfig(method="small-dense", density=0.1)).sparsity.weights
     assert counted == [(name, list(w.shape)) for name, w in trained.items()]
@@ -940,13 +945,13 @@ def test_flops_and_train_describe_the_same_small_dense_network(tmp_path):
 
 
 def test_lottery_retrains_the_pruning_masks_from_the_same_initialisation(tmp_path):
-    prune_cfg = rigl.resolve_recipe(rigl.TrainConfig(dataset="synthetic", train_subset=256, val_size=0,
+    prune_cfg = resolve_recipe(TrainConfig(dataset="synthetic", train_subset=256, val_size=0,
                                                      epochs=2, batch_size=64))
     rigl.start_run(prune_cfg, SparsityConfig(method="pruning", density=0.3, update_interval=2),
                    tmp_path / "pruning", resume=False, console=rich_console())
     final = torch.load(tmp_path / "pruning" / "checkpoint.pt", weights_only=True)["sparsity"]["masks"]
     init = torch.load(tmp_path / "pruning" / "init.pt", weights_only=True)
-    ticket_cfg = rigl.resolve_recipe(rigl.TrainConfig(dataset="synthetic", train_subset=256, val_size=0,
+    ticket_cfg = resolve_recipe(TrainConfig(dataset="synthetic", train_subset=256, val_size=0,
                                                       epochs=1, seed=5, mask_from=str(tmp_path / "pruning")))
     run = rigl.build_run(ticket_cfg, SparsityConfig(method="lottery", density=0.3))
     assert run.sparsity.masks.keys() == final.keys()
@@ -1031,7 +1036,7 @@ def test_bad_option_values_are_rejected_with_a_message(tmp_path, args, message):
 def test_small_dense_flops_are_counted_against_the_full_width_network(tmp_path):
     """Small-Dense is dense but narrower: its FLOPs are a fraction of the full-width model's, the
     same fraction `python rigl.py flops --method small-dense` reports."""
-    cfg = rigl.resolve_recipe(rigl.TrainConfig(dataset="synthetic", model="wrn-22-2", train_subset=64, val_size=0,
+    cfg = resolve_recipe(TrainConfig(dataset="synthetic", model="wrn-22-2", train_subset=64, val_size=0,
                                                epochs=1, batch_size=64))
     run = rigl.build_run(cfg, SparsityConfig(method="small-dense", density=0.1))
     counted = commands.method_flops(rigl, "wrn-22-2", "synthetic", SparsityConfig(method="small-dense", density=0.1), 1.0)
@@ -1046,7 +1051,7 @@ def test_micro_batches_in_step():
 
 
 def test_accumulating_more_micro_batches_than_an_epoch_has_reports_their_mean_loss(tmp_path):
-    cfg = rigl.resolve_recipe(rigl.TrainConfig(dataset="synthetic", train_subset=256, val_size=0, epochs=1,
+    cfg = resolve_recipe(TrainConfig(dataset="synthetic", train_subset=256, val_size=0, epochs=1,
                                                batch_size=64, accumulate=10))
     summary = rigl.start_run(cfg, SparsityConfig(), tmp_path / "run", resume=False, console=rich_console())
     loss = read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]["train_loss"]
@@ -1056,7 +1061,7 @@ def test_accumulating_more_micro_batches_than_an_epoch_has_reports_their_mean_lo
 def test_a_diverging_run_stops_at_its_step_and_writes_strict_json(tmp_path):
     result = cli("train", *SMOKE, "--epochs", "2", "--lr", "1e30", "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
-    assert "diverged at step" in result.stdout and "no epoch was saved" in " ".join(result.stdout.split())
+    assert "diverged at step 2:" in result.stdout and "no epoch was saved" in " ".join(result.stdout.split())
     [record] = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
                 for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert record["train_loss"] is None and not (tmp_path / "run" / "checkpoint.pt").exists()
@@ -1080,6 +1085,50 @@ def test_no_mask_update_before_t_end_is_warned_about(caplog):
     with caplog.at_level("WARNING", logger="rigl"):
         Sparsity(small_net(), None, SparsityConfig(update_interval=100), total_steps=100)
     assert "no mask will change: the first update is at step ΔT = 100, not before T_end = 75" in caplog.text
+
+
+# --- recipes.py: the report's recipes, the lr schedule and SGD -----------------------------------
+
+
+def test_recipes_are_the_reports_and_the_papers():
+    cifar10, cifar100 = resolve_recipe(TrainConfig()), resolve_recipe(TrainConfig(dataset="cifar100"))
+    steps = [round(m * REPORT_STEPS) for m in cifar10.lr_milestones]
+    assert steps == [30_000, 60_000] and cifar10.lr_gamma == 0.2 and cifar10.weight_decay == 5e-4
+    assert [round(m * REPORT_STEPS) for m in cifar100.lr_milestones] == [20_000, 40_000, 60_000, 80_000]
+    assert round(cifar100.warmup * REPORT_STEPS) == 1760 and cifar100.label_smoothing == 0.1
+    imagenet = resolve_recipe(TrainConfig(dataset="imagenet", batch_size=1024))
+    assert imagenet.lr == pytest.approx(0.4) and imagenet.lr_milestones == (0.3, 0.7, 0.9)
+    assert resolve_recipe(TrainConfig(lr=0.05, epochs=3)).lr == 0.05  # a given value is kept
+    # SparsityConfig's pruning start is RR's step 700 of the same run
+    assert round(SparsityConfig().t_start * REPORT_STEPS) == 700
+
+
+def test_lr_factor_warms_up_linearly_then_decays_by_gamma_at_each_milestone():
+    factor = [recipes.lr_factor(step, 100, 0.1, (0.5, 0.8), 0.2) for step in range(100)]
+    assert factor[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])  # 0.1, ..., 1.0
+    assert factor[10:50] == [1.0] * 40
+    assert factor[50:80] == pytest.approx([0.2] * 30) and factor[80:] == pytest.approx([0.04] * 20)
+
+
+def test_sgd_is_nesterov_and_decays_only_weights_with_ndim_above_one():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    optimizer = recipes.make_optimizer(model, resolve_recipe(TrainConfig()))
+    decayed, plain = optimizer.param_groups
+    assert {p.ndim for p in decayed["params"]} == {4, 2} and decayed["weight_decay"] == 5e-4
+    assert {p.ndim for p in plain["params"]} == {1} and plain["weight_decay"] == 0.0
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    assert decayed["nesterov"] and decayed["momentum"] == 0.9 and decayed["lr"] == 0.1
+
+
+def test_train_config_names_the_field_it_refuses():
+    for bad, message in [(dict(dataset="mnist"), "dataset must be one of cifar10 | cifar100"),
+                         (dict(lr=0.0), "lr must satisfy lr > 0"), (dict(lr=math.inf), "lr must satisfy lr > 0"),
+                         (dict(weight_decay=-1e-4), "weight_decay must satisfy weight_decay >= 0"),
+                         (dict(warmup=1.5), "warmup must satisfy warmup >= 0 and <= 1"),
+                         (dict(batch_size=0), "batch_size must be an integer >= 1"),
+                         (dict(lr_milestones=(0.5, 1.0)), "lr_milestones must be fractions in (0, 1)")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            TrainConfig(**bad)
 
 
 # --- runs.py: run directories --------------------------------------------------------------------
@@ -1557,7 +1606,7 @@ def test_report_small_dense_uses_the_small_model():
 def test_report_pruning_trains_on_the_mean_density_of_the_reports_schedule(wrn, wrn_macs):
     report = method_flops("pruning", "uniform")
     final = densities_of(wrn, 0.2, "uniform")
-    mean = {n: rigl.mean_pruning_density(d, rigl.REPORT_STEPS, 700, 65_918) for n, d in final.items()}
+    mean = {n: rigl.mean_pruning_density(d, REPORT_STEPS, 700, 65_918) for n, d in final.items()}
     assert report["inference_flops_ratio"] == pytest.approx(0.2022, abs=1e-3)  # final masks
     assert report["train_flops_ratio"] == pytest.approx(
         flops.sparse_forward_macs(wrn_macs, mean) / sum(wrn_macs.values()))
@@ -1893,7 +1942,7 @@ def test_imagenet_folder_trains_resnet50(tmp_path):
             for i in range(n):
                 pixels = torch.randint(0, 256, (48, 64, 3), generator=generator, dtype=torch.uint8)
                 Image.fromarray(pixels.numpy()).save(tmp_path / "data" / split / label / f"{i}.png")
-    cfg = rigl.resolve_recipe(rigl.TrainConfig(dataset="imagenet", data_dir=str(tmp_path / "data"), epochs=1,
+    cfg = resolve_recipe(TrainConfig(dataset="imagenet", data_dir=str(tmp_path / "data"), epochs=1,
                                                batch_size=3, val_size=2, workers=0))
     summary = rigl.start_run(cfg, SparsityConfig(density=0.5, update_interval=2), tmp_path / "run",
                              resume=False, console=rich_console())
@@ -1953,7 +2002,7 @@ def test_a_damaged_cifar_file_is_named(tmp_path):
                     reason="set RIGL_DATA_DIR to a folder holding cifar-10-batches-py (.ci/run does)")
 def test_rigl_on_real_cifar10_learns(tmp_path):
     """WRN-22-2, RigL, ERK, d = 0.1, 200 steps of batch 32 on the first 6,400 training images."""
-    cfg = rigl.resolve_recipe(rigl.TrainConfig(data_dir=os.environ["RIGL_DATA_DIR"], train_subset=6400,
+    cfg = resolve_recipe(TrainConfig(data_dir=os.environ["RIGL_DATA_DIR"], train_subset=6400,
                                                val_size=0, epochs=1, batch_size=32))
     run = rigl.build_run(cfg, SparsityConfig(density=0.1))
     run.data.test = tuple(t[:2000] for t in run.data.test)  # a 2,000-image slice keeps CI fast
@@ -1974,6 +2023,29 @@ def torchrun(*args, **popen):
                "--master_port", str(29_500 + os.getpid() % 1000), "rigl.py", *args]
     return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **popen)
+
+
+def test_the_ranks_fingerprint_covers_masks_and_weights(monkeypatch):
+    """The fingerprint of check_ranks_agree changes with one mask bit (whose weight stays 0) and
+    with one weight; ranks holding different ones are stopped."""
+    import distributed
+    gathered = []
+    monkeypatch.setattr(distributed, "world", lambda: (0, 2))
+    monkeypatch.setattr(distributed.dist, "all_gather_object",
+                        lambda out, digest: (gathered.append(digest), out.__setitem__(slice(None), [digest] * 2)))
+    sparsity = Sparsity(small_net(), None, SparsityConfig(density=0.5), total_steps=100)
+    name = next(iter(sparsity.masks))
+    distributed.check_ranks_agree(sparsity, 1)
+    sparsity.masks[name].view(-1)[torch.nonzero(~sparsity.masks[name].view(-1))[0]] = True
+    distributed.check_ranks_agree(sparsity, 1)
+    with torch.no_grad():
+        sparsity.weights[name].view(-1)[0] += 1.0
+    distributed.check_ranks_agree(sparsity, 1)
+    assert len(set(gathered)) == 3
+    monkeypatch.setattr(distributed.dist, "all_gather_object",
+                        lambda out, digest: out.__setitem__(slice(None), [digest, "another rank"]))
+    with pytest.raises(RuntimeError, match="ranks disagree on masks or weights after epoch 1"):
+        distributed.check_ranks_agree(sparsity, 1)
 
 
 def test_torchrun_ranks_agree_on_masks_and_one_rank_writes(tmp_path):
@@ -2055,7 +2127,7 @@ def write_run(root, method: str = "rigl", model_name: str = "wrn-10-1", dataset:
     torch.manual_seed(0)
     model = models.build_model(model_name, classes)
     sparsity = rigl.Sparsity(model, None, rigl.SparsityConfig(method=method, density=0.1), 10)
-    config = {"train": asdict(rigl.TrainConfig(model=model_name, dataset=dataset)),
+    config = {"train": asdict(TrainConfig(model=model_name, dataset=dataset)),
               "sparsity": asdict(sparsity.config), "torch": torch.__version__, "git_commit": None}
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps(config))
