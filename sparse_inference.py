@@ -234,7 +234,9 @@ def sparsify_for_inference(model: nn.Module, masks: dict[str, torch.Tensor], exa
     activation it sees for `example_input` (median of `repeats` interleaved rounds, `threads`
     torch threads) is replaced by it (min_speedup=0: every layer that has a sparse kernel); and
     one row per masked layer: name, shape, input, density, dense_ms, sparse_ms, kernel, speedup,
-    chosen."""
+    chosen. Layers timed alone can win and still lose as a network (caches, allocation), so the
+    chosen network is timed whole against the dense one; unless it too is `min_speedup` times
+    faster, the dense network is returned and no layer is marked chosen."""
     dense = export.masked_model(model, masks)
     sparse = copy.deepcopy(dense)
     names = [name.removesuffix(".weight") for name in masks]
@@ -253,7 +255,20 @@ def sparsify_for_inference(model: nn.Module, masks: dict[str, torch.Tensor], exa
                          "sparse_ms": times.get(best), "kernel": best, "chosen": chosen,
                          "speedup": times["dense"] / times[best] if best else None})
         check_outputs(dense, sparse, example_input)
+        if min_speedup > 0 and any(r["chosen"] for r in rows) and not faster_as_a_whole(
+                dense, sparse, example_input, repeats, min_speedup):
+            return dense, [{**r, "chosen": False} for r in rows]
     return sparse, rows
+
+
+def faster_as_a_whole(dense: nn.Module, sparse: nn.Module, example: torch.Tensor, repeats: int,
+                      min_speedup: float) -> bool:
+    """Whether the network with sparse layers runs more than `min_speedup` times faster than the
+    dense one on `example` (median of `repeats` interleaved rounds)."""
+    with torch.inference_mode():
+        times = median_ms({"dense network": lambda: dense(example),
+                           "sparse network": lambda: sparse(example)}, repeats)
+    return times["dense network"] > min_speedup * times["sparse network"]
 
 
 def check_outputs(dense: nn.Module, sparse: nn.Module, example: torch.Tensor) -> None:
@@ -304,10 +319,13 @@ def compare_inference(models_and_masks: list[tuple[str, nn.Module, dict, int]], 
                     differences = {k: relative_difference(call(), reference) for k, call in calls.items()}
                     times = median_ms(calls, repeats)
                 chosen = sum(r["chosen"] for r in layers)
+                alone = sum(r["speedup"] is not None and r["speedup"] > 1 for r in layers)
+                made_sparse = f"{chosen}/{len(layers)}" + (f" ({alone} faster alone, not as a network)"
+                                                           if alone and not chosen else "")
                 rows += [{"model": label, "batch": batch, "variant": k, "ms": ms, "threads": threads,
                           "ratio": ms / times["dense eager"], "max_rel_diff": differences[k],
                           "layers": layers if k == "per-layer sparse" else None,
-                          "sparse_layers": f"{chosen}/{len(layers)}" if k == "per-layer sparse" else ""}
+                          "sparse_layers": made_sparse if k == "per-layer sparse" else ""}
                          for k, ms in times.items()]
     return rows
 

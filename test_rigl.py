@@ -2332,6 +2332,26 @@ def test_sparsify_keeps_dense_layers_where_sparse_is_slower():
                    for m in sparse.modules())
 
 
+@pytest.mark.parametrize("whole_network_wins", [False, True])
+def test_layers_that_win_alone_are_kept_only_if_the_network_wins_too(monkeypatch, whole_network_wins):
+    """Timings are faked: every sparse kernel wins its layer by 10×; the whole sparse network then
+    wins or loses. Losing as a whole returns the dense network with no layer chosen."""
+    def fake_median_ms(work, repeats, warmup=2):
+        if "dense network" in work:
+            return {"dense network": 10.0, "sparse network": 5.0 if whole_network_wins else 12.0}
+        return {name: 10.0 if name == "dense" else 1.0 for name in work}
+    monkeypatch.setattr(sparse_inference, "median_ms", fake_median_ms)
+    model, masks = sparse_model("wrn-10-1", 10)
+    sparse, rows = sparse_inference.sparsify_for_inference(model, masks, torch.randn(1, 3, 32, 32), repeats=1)
+    swapped = [m for m in sparse.modules() if isinstance(m, (sparse_inference.SparseConv2d, sparse_inference.SparseLinear))]
+    assert all(r["chosen"] == whole_network_wins for r in rows)
+    assert len(swapped) == (len(rows) if whole_network_wins else 0)
+    [row] = [r for r in sparse_inference.compare_inference([("wrn-10-1", model, masks, 32)], [1], repeats=1)
+             if r["variant"] == "per-layer sparse"]
+    assert row["sparse_layers"] == (f"{len(rows)}/{len(rows)}" if whole_network_wins else
+                                    f"0/{len(rows)} ({len(rows)} faster alone, not as a network)")
+
+
 def test_compare_inference_rows_and_table():
     model, masks = sparse_model("wrn-10-1", 10)
     rows = sparse_inference.compare_inference([("wrn-10-1 erk", model, masks, 32)], [1], threads=1, repeats=1)
