@@ -19,6 +19,20 @@ AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 REPORT_STEPS = 87_891
 """Training steps of the report's CIFAR run: 250 epochs of 45,000 images at batch 128."""
 
+INTEGER_FIELDS = {"epochs": 1, "batch_size": 1, "val_size": 0, "train_subset": 0, "workers": 0,
+                  "accumulate": 1, "seed": 0}
+"""TrainConfig's integer fields (below) and the smallest value each may take."""
+NUMBER_FIELDS = {
+    "multiplier": ("multiplier > 0", lambda v: 0 < v < math.inf),
+    "lr": ("lr > 0", lambda v: 0 < v < math.inf),
+    "lr_gamma": ("lr_gamma > 0", lambda v: 0 < v < math.inf),
+    "weight_decay": ("weight_decay >= 0", lambda v: 0 <= v < math.inf),
+    "momentum": ("momentum >= 0 and <= 1", lambda v: 0 <= v <= 1),
+    "label_smoothing": ("label_smoothing >= 0 and <= 1", lambda v: 0 <= v <= 1),
+    "warmup": ("warmup >= 0 and <= 1", lambda v: 0 <= v <= 1),
+}
+"""TrainConfig's real-valued fields: the rule each must satisfy, as the error states it."""
+
 
 @dataclass
 class TrainConfig:
@@ -91,21 +105,6 @@ class TrainConfig:
             self.lr_milestones = tuple(self.lr_milestones)
             if not all(0 < m < 1 for m in self.lr_milestones):
                 raise ValueError(f"lr_milestones must be fractions in (0, 1), got {self.lr_milestones}")
-
-
-INTEGER_FIELDS = {"epochs": 1, "batch_size": 1, "val_size": 0, "train_subset": 0, "workers": 0,
-                  "accumulate": 1, "seed": 0}
-"""TrainConfig's integer fields and the smallest value each may take."""
-NUMBER_FIELDS = {
-    "multiplier": ("multiplier > 0", lambda v: 0 < v < math.inf),
-    "lr": ("lr > 0", lambda v: 0 < v < math.inf),
-    "lr_gamma": ("lr_gamma > 0", lambda v: 0 < v < math.inf),
-    "weight_decay": ("weight_decay >= 0", lambda v: 0 <= v < math.inf),
-    "momentum": ("momentum >= 0 and <= 1", lambda v: 0 <= v <= 1),
-    "label_smoothing": ("label_smoothing >= 0 and <= 1", lambda v: 0 <= v <= 1),
-    "warmup": ("warmup >= 0 and <= 1", lambda v: 0 <= v <= 1),
-}
-"""TrainConfig's real-valued fields: the rule each must satisfy, as the error states it."""
 
 
 def _every(interval: int, total: int = REPORT_STEPS) -> tuple[float, ...]:
