@@ -5,10 +5,11 @@ Paper:     Evci, Gale, Menick, Castro, Elsen. "Rigging the Lottery: Making All T
 Report:    Sundar & Dwaraknath. "[Re] Rigging the Lottery". ReScience C 7(2), 2021, Table 2 and the
            appendix on FLOPs. Reference code: RR's counting/inference_train_FLOPs.py.
 Counting:  fvcore's FlopCountAnalysis (github.com/facebookresearch/fvcore), read per module.
-Check:     the flops.py section of test_rigl.py (`python -m pytest -q test_rigl.py -k flop`).
+Check:     tests/test_flops.py (`python -m pytest -q tests/test_flops.py`).
 
-A leaf: it imports torch (and fvcore when it counts), nothing of this project. Which method needs
-which gradient, and what the layer densities are, is for the caller to say (rigl.py).
+It stands on rigl.py (the layer densities) and models.py (the networks), and fvcore counts. Which
+method pays for a dense gradient is said here (DENSE_GRADIENT), and `method_flops` counts a method
+as `train` runs it.
 
 Two conventions (state which one wherever a number is printed; ratios agree in both):
 
@@ -42,10 +43,14 @@ Implementation choices (not in the paper):
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Literal, get_args
 
 import torch
 from torch import nn
+
+from models import DATASET_SHAPES, build_model, small_dense_width
+from rigl import REPORT_STEPS, SparsityConfig, initial_densities, masked_weights, mean_pruning_density
 
 PAPER_FLOPS_PER_MAC = 2
 """The paper counts a multiply and an add as two FLOPs; fvcore counts the pair as one."""
@@ -55,6 +60,14 @@ CONVENTION = ("paper: multiplies and adds counted separately (2 × fvcore's mult
 
 DenseGradient = Literal["never", "update steps", "every step"]
 """When a method computes the dense gradient of the weights, which the accounting charges as f_D."""
+
+DENSE_GRADIENT: dict[str, DenseGradient] = {"rigl": "update steps", "rigl-sg": "update steps",
+                                            "rigl-sm": "update steps", "snfs": "every step"}
+"""When a method needs the dense gradient ∂L/∂W: RigL to grow, SNFS for its dense momentum; the
+others never do (paper Sec. 4, report appendix)."""
+
+NO_DISTRIBUTION = "-"
+"""How a method without masks (dense, Small-Dense) shows its layer distribution: it has none."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,6 +147,12 @@ def train_step_flops(f_sparse: float, f_dense: float, dense_gradient: DenseGradi
     return sparse_train_flops(f_sparse)
 
 
+def pays_dense_gradient(method: str, mask_update: bool) -> bool:
+    """Whether this training step of `method` computes the dense gradient (DENSE_GRADIENT)."""
+    rule = DENSE_GRADIENT.get(method, "never")
+    return rule == "every step" or (rule == "update steps" and mask_update)
+
+
 def step_flops(f_sparse: float, f_dense: float, dense_gradient_now: bool) -> float:
     """Cost of one actual training step per sample, f_sparse being that step's forward cost.
 
@@ -180,6 +199,65 @@ def flop_report(shapes: dict[str, torch.Size], dense_macs: dict[str, int], densi
                 # ratio to dense training on the 1× schedule: N × train / (3 f_D)
                 train_flops_ratio=multiplier * train / sparse_train_flops(f_dense),
                 convention=CONVENTION)
+
+
+# ---------------------------------------------------------------------------------------------
+# Each method as `train` runs it, and the columns of the report's Table 2
+# ---------------------------------------------------------------------------------------------
+
+
+def counted_model(model_name: str, dataset: str, width_scale: float = 1.0) -> tuple[dict, dict]:
+    """(shapes, dense multiply-adds) of every masked weight of a freshly built model."""
+    classes, size = DATASET_SHAPES[dataset]
+    model = build_model(model_name, classes, width_scale=width_scale)
+    weights = masked_weights(model)
+    return {n: w.shape for n, w in weights.items()}, dense_layer_macs(model, list(weights), size)
+
+
+def method_flops(model_name: str, dataset: str, sparse_cfg: SparsityConfig, multiplier: float,
+                 counted: tuple[dict, dict] | None = None) -> dict:
+    """flop_report of `model_name` trained by `sparse_cfg.method`, as `train` would run it: the
+    same network (Small-Dense's width), densities and dense-gradient needs."""
+    method = sparse_cfg.method
+    shapes, dense_macs = counted or counted_model(model_name, dataset)
+    common = dict(dense_gradient=DENSE_GRADIENT.get(method, "never"),
+                  update_interval=sparse_cfg.update_interval, multiplier=multiplier)
+    if method == "dense":
+        return flop_report(shapes, dense_macs, dict.fromkeys(shapes, 1.0), **common)
+    if method == "small-dense":
+        width = small_dense_width(model_name, DATASET_SHAPES[dataset][0], sparse_cfg)
+        small_shapes, small_macs = counted_model(model_name, dataset, width)
+        return flop_report(small_shapes, small_macs, dict.fromkeys(small_shapes, 1.0),
+                           reference_macs=dense_macs, **common)
+    # The distribution's allocation. For pruning it stands for the final masks (an estimate: the
+    # report's pruning ranks globally, so only a run knows its final layer densities), and it
+    # trains at their mean along the report's schedule.
+    allocation = initial_densities(shapes, replace(sparse_cfg, method="static"))
+    train_densities = None
+    if method == "pruning":
+        t0, t1 = int(sparse_cfg.t_start * REPORT_STEPS), int(sparse_cfg.t_end * REPORT_STEPS)
+        train_densities = {n: mean_pruning_density(d, REPORT_STEPS, t0, t1) for n, d in allocation.items()}
+    return flop_report(shapes, dense_macs, allocation, train_densities=train_densities, **common)
+
+
+TABLE2_CELLS = [("dense", NO_DISTRIBUTION)] + [(m, d) for d in ("uniform", "erk")
+                                               for m in ("static", "set", "rigl", "snfs", "pruning")] \
+    + [("small-dense", NO_DISTRIBUTION)]
+"""The rows of the report's Table 2: (method, distribution)."""
+
+
+def table2_columns(model_name: str, dataset: str, sparse_cfg: SparsityConfig, multiplier: float) -> list[dict]:
+    """Training and inference FLOPs ×dense of every method of the report's Table 2 at d. A method
+    without masks is counted as `train` builds it at the configuration's default distribution."""
+    counted = counted_model(model_name, dataset)
+    rows = []
+    for method, distribution in TABLE2_CELLS:
+        spread = SparsityConfig.distribution if distribution == NO_DISTRIBUTION else distribution
+        result = method_flops(model_name, dataset, replace(sparse_cfg, method=method, distribution=spread),
+                              multiplier, counted)
+        rows.append(dict(method=method, distribution=distribution, train_flops_ratio=result["train_flops_ratio"],
+                         inference_flops_ratio=result["inference_flops_ratio"]))
+    return rows
 
 
 def print_flop_report(report: dict, title: str, console) -> None:

@@ -29,24 +29,19 @@ Symbols of the paper and their names here:
     f_decay  cosine_drop_fraction   α_t = α/2 · (1 + cos(π t / T_end))
     ε        eps                the ER/ERK normaliser that meets the density budget
 
-The file reads in three parts: the algorithm (configuration, layer densities, masks, schedules,
-drop and grow, the `Sparsity` holder), which imports only torch and the standard library and can be
-copied on its own; one visible training loop; the `train` command. What a reader of the algorithm
-does not need lives beside it (README, "The code"): recipes.py, models.py, flops.py, data.py,
-runs.py, distributed.py, terminal.py, and commands.py, which declares the command line.
+The file follows the paper: configuration, layer densities (uniform, ER, ERK), masks, schedules,
+drop and grow, and the `Sparsity` holder. It imports only torch and the standard library, so it can
+be copied on its own. The training loop and recipes are in train.py; the command line, data, run
+directories, sweeps and reports in the rigl_harness package (README, "Reading the code").
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
-import sys
-import time
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -58,19 +53,20 @@ log = logging.getLogger("rigl")
 # Methods and configuration
 # ---------------------------------------------------------------------------------------------
 
-Method = Literal["rigl", "set", "snfs", "static", "dense", "pruning", "rigl-sg", "rigl-sm",
-                 "small-dense", "lottery"]
+Method = Literal["dense", "small-dense", "static", "set", "rigl", "snfs", "pruning", "lottery",
+                 "rigl-sg", "rigl-sm"]
+"""Every method, in the order of the report's Table 2 and its "going beyond" variants."""
 UNMASKED = ("dense", "small-dense")
 """Methods that train without masks: the dense network, and Small-Dense's narrower one."""
 DROP_AND_GROW = ("rigl", "set", "snfs", "rigl-sg", "rigl-sm")
 """Methods that drop and regrow connections every ΔT steps until T_end."""
 REDISTRIBUTING = {"snfs": "momentum", "rigl-sm": "momentum", "rigl-sg": "gradient"}
 """Methods that move layer budgets by the mean |momentum| or |gradient| of active weights."""
-DENSE_GRADIENT = {"rigl": "update steps", "rigl-sg": "update steps", "rigl-sm": "update steps",
-                  "snfs": "every step"}
-"""When a method needs the dense gradient ∂L/∂W (RigL to grow, SNFS for its dense momentum);
-the others never do. The FLOP accounting charges it (paper Sec. 4, report appendix)."""
+CHANGES_EVERY_INTERVAL = DROP_AND_GROW + ("pruning",)
+"""Methods whose masks change every ΔT steps: drop and grow, and gradual pruning's pruning steps."""
 Distribution = Literal["uniform", "er", "erk"]
+REPORT_STEPS = 87_891
+"""Training steps of the report's CIFAR run: 250 epochs of 45,000 images at batch 128."""
 
 
 @dataclass
@@ -78,8 +74,7 @@ class SparsityConfig:
     """Every hyperparameter of sparse training, with the paper's defaults."""
 
     method: Method = "rigl"
-    """rigl | set | snfs | static | dense | pruning | rigl-sg | rigl-sm | small-dense | lottery:
-    how the masks change (paper Sec. 3; report Sec. 2; README "Methods")."""
+    """How the masks change, one of `Method` (paper Sec. 3; report Sec. 2; docs/sweeps-and-reports.md, "Methods")."""
     density: float = 0.1
     """d, overall fraction of active conv/linear weights; the report's Table 2 uses 0.1 and 0.2."""
     distribution: Distribution = "erk"
@@ -92,9 +87,9 @@ class SparsityConfig:
     """ΔT, training steps between mask updates; 100 (paper Sec. 4.1)."""
     t_end: float = 0.75
     """T_end as a fraction of all training steps; masks are frozen after it. 0.75 (paper Sec. 4.1)."""
-    t_start: float = 700 / 87_891
+    t_start: float = 700 / REPORT_STEPS
     """Pruning only: fraction of training at which gradual pruning starts; RR starts at step 700 of
-    the report's 87,891 (recipes.REPORT_STEPS; a test checks that the two agree)."""
+    the report's 87,891."""
     dense_layers: tuple[str, ...] | None = None
     """Weights kept dense and outside the budget. None = the distribution's default: the first
     layer for uniform (TF, RR), none for er/erk (their capping decides). () = none at all."""
@@ -648,253 +643,6 @@ class Sparsity:
         self.apply_masks()
 
 
-# =============================================================================================
-# Training: a run's parts (build_run), then one visible loop (train). The recipes (TrainConfig, lr
-# schedule, SGD) are in recipes.py; data, run directories and torchrun in data.py, runs.py and
-# distributed.py. They, models.py and flops.py are imported inside the functions below, so the
-# algorithm above needs none of them.
-# =============================================================================================
-
-if TYPE_CHECKING:  # for the annotations below only; nothing is imported when rigl.py runs
-    from recipes import TrainConfig
-    from runs import Run
-
-
-def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
-    """Data, model, optimizer, learning-rate schedule and masks of a resolved configuration."""
-    import distributed
-    import flops
-    import recipes
-    import runs
-    from data import load_data, train_batch_count
-    from models import build_model
-    device = distributed.pick_device(cfg.device)
-    if (sparse_cfg.method == "lottery") != (cfg.mask_from is not None):
-        raise ValueError("method lottery needs --mask-from RUN_DIR, and --mask-from needs method lottery")
-    data = load_data(cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.val_size, cfg.seed)
-    torch.manual_seed(cfg.seed)
-    width = small_dense_width(cfg.model, data.num_classes, sparse_cfg) if sparse_cfg.method == "small-dense" else 1.0
-    model = build_model(cfg.model, num_classes=data.num_classes, width_scale=width).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = recipes.make_optimizer(model, cfg)
-    # one optimizer step per --accumulate micro-batches; ×N epochs for N× longer training
-    steps_per_epoch = math.ceil(train_batch_count(data, cfg.batch_size) / cfg.accumulate)
-    epochs = round(cfg.epochs * cfg.multiplier)  # at least 1 (TrainConfig checks it)
-    total = steps_per_epoch * epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: recipes.lr_factor(step, total, cfg.warmup, cfg.lr_milestones, cfg.lr_gamma))
-    sparsity = Sparsity(model, optimizer, sparse_cfg, total_steps=total)
-    if sparse_cfg.method == "lottery":  # the initial weights and final masks of --mask-from
-        init, masks = runs.read_ticket(Path(cfg.mask_from), cfg.model, cfg.dataset)
-        model.load_state_dict(init)
-        sparsity.set_masks(masks)
-    data.to(device)
-    run = runs.Run(cfg, sparse_cfg, data, device, model, distributed.wrap(model, device), optimizer, scheduler,
-                   sparsity, torch.Generator(device=device).manual_seed(cfg.seed),
-                   torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"), steps_per_epoch,
-                   epochs, flops.FlopTally(), history=[], layer_history=[{"epoch": 0, "densities": sparsity.densities()}])
-    run.dense_macs, run.f_dense = dense_flops(cfg, data.num_classes, model, list(sparsity.weights), width)
-    run.f_sparse = forward_flops(run)
-    return run
-
-
-def dense_flops(cfg: TrainConfig, num_classes: int, model: nn.Module, names: list[str],
-                width: float) -> tuple[dict, float]:
-    """The dense multiply-adds of each masked layer of `model`, and f_D, the forward FLOPs of the
-    full-width dense network (Small-Dense is compared with the network it stands in for)."""
-    import flops
-    from data import DATASET_SHAPES
-    from models import build_model
-    size = DATASET_SHAPES[cfg.dataset][1]
-    macs = full_macs = flops.dense_layer_macs(model, names, size)
-    if width != 1.0:
-        with torch.random.fork_rng():  # the training's random numbers stay those of a run without it
-            full = build_model(cfg.model, num_classes)
-        full_macs = flops.dense_layer_macs(full, list(masked_weights(full)), size)
-    return macs, flops.PAPER_FLOPS_PER_MAC * sum(full_macs.values())
-
-
-def small_dense_width(model_name: str, num_classes: int, sparse_cfg: SparsityConfig) -> float:
-    """Small-Dense: the channel scale at which the dense model has as many conv and linear weights
-    as the sparse model has active ones (RR scales by √d; we solve for the count, by bisection).
-    The one definition: `train` builds this network and `flops` counts it."""
-    from models import build_model, width_scale_for
-    with torch.device("meta"):
-        full = masked_weights(build_model(model_name, num_classes))
-    sparse = initial_densities({n: w.shape for n, w in full.items()}, replace(sparse_cfg, method="static"))
-    target = sum(active_count(sparse[n], w.numel()) for n, w in full.items())
-    return width_scale_for(model_name, num_classes, target,
-                           lambda model: sum(w.numel() for w in masked_weights(model).values()))
-
-
-def forward_flops(run: Run) -> float:
-    """f_S of the current masks, per sample, in the paper's convention (flops.py)."""
-    import flops
-    return flops.PAPER_FLOPS_PER_MAC * flops.sparse_forward_macs(run.dense_macs, run.sparsity.densities())
-
-
-def autocast(run: Run):
-    """Mixed precision of the forward pass (--precision); fp32 disables it."""
-    from recipes import AUTOCAST
-    dtype = AUTOCAST[run.cfg.precision]
-    return torch.autocast(run.device.type, dtype or torch.bfloat16, enabled=dtype is not None)
-
-
-# ---------------------------------------------------------------------------------------------
-# The training loop
-# ---------------------------------------------------------------------------------------------
-
-
-def train(run: Run, out: Path, console) -> dict:
-    """Per step: forward, backward, the mask update on update steps in place of the optimizer
-    step, masks re-applied. Per epoch: evaluation, one metrics line and a checkpoint."""
-    import runs
-    import terminal
-    from data import batches, train_batch_count
-    model, optimizer, sparsity, cfg = run.model, run.optimizer, run.sparsity, run.cfg
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    model.train()
-    while run.epoch < run.epochs:
-        started, losses, regrown, samples = time.perf_counter(), [], 0, 0
-        micro_batches = train_batch_count(run.data, cfg.batch_size)  # shuffled, augmented on the device:
-        data = batches(run.data, run.data.train, cfg.batch_size, run.device, run.generator, run.epoch,
-                       cfg.seed, cfg.workers)
-        with terminal.epoch_progress(run, console) as show_progress:
-            for i, (x, y, count) in enumerate(data):
-                # forward and backward; --accumulate N adds up the gradients of N micro-batches
-                with autocast(run):
-                    loss = criterion(run.ddp_model(x), y) / micro_batches_in_step(i, cfg.accumulate, micro_batches)
-                run.scaler.scale(loss).backward()          # fp16 scales the loss; otherwise a no-op
-                losses.append(loss.detach())
-                samples += count
-                if (i + 1) % cfg.accumulate and i + 1 < micro_batches:
-                    continue
-                # RigL: on update steps, dropping and growing replace the optimizer step
-                run.scaler.unscale_(optimizer)             # the mask update ranks the true gradients
-                mask_update = sparsity.replaces_optimizer_step()
-                if not mask_update:
-                    run.scaler.step(optimizer)             # skipped by fp16 when gradients overflowed
-                run.scaler.update()
-                sparsity.apply_masks()                     # masked weights back to exactly 0
-                optimizer.zero_grad(set_to_none=True)
-                run.scheduler.step()
-                # bookkeeping: this step's FLOPs and regrown connections, the progress bar
-                regrown += count_step(run, mask_update, samples)
-                samples = 0
-                show_progress(loss)
-        end_epoch(run, out, console, losses, regrown, started)
-    return runs.finish(run, out)
-
-
-def micro_batches_in_step(i: int, accumulate: int, micro_batches: int) -> int:
-    """How many micro-batches the optimizer step of micro-batch i adds up: --accumulate, or fewer
-    for the epoch's last step; each loss is divided by it, so a step sees their mean gradient."""
-    first = i - i % accumulate
-    return min(accumulate, micro_batches - first)
-
-
-def count_step(run: Run, mask_update: bool, samples: int) -> int:
-    """FLOPs of this step in the paper's accounting (a dense gradient where the method needs
-    one), and the number of connections it grew."""
-    dense_gradient = DENSE_GRADIENT.get(run.sparse_cfg.method, "never")
-    dense_now = dense_gradient == "every step" or (dense_gradient == "update steps" and mask_update)
-    run.tally.add(run.f_sparse, run.f_dense, dense_now, samples)
-    if run.sparsity.masks_changed:  # SNFS, RigL-SG/SM and pruning change layer densities
-        run.f_sparse = forward_flops(run)
-    run.step += 1
-    return run.sparsity.last_update["grown"] if mask_update else 0
-
-
-@torch.no_grad()
-def evaluate(run: Run, split) -> float | None:
-    """Top-1 accuracy (%) on a split; None when there is no such split. Batches of the training
-    batch size: on a CPU, batches of 1,000 images ran 2.5x slower than batches of 100."""
-    from data import batches
-    if split is None:
-        return None
-    run.model.eval()
-    correct = total = 0
-    for x, y, _ in batches(run.data, split, run.cfg.batch_size, run.device, workers=run.cfg.workers):
-        with autocast(run):
-            correct += int((run.model(x).argmax(1) == y).sum())
-        total += len(y)
-    run.model.train()
-    return 100.0 * correct / total
-
-
-def end_epoch(run: Run, out: Path, console, losses: list, regrown: int, started: float) -> None:
-    """Evaluate, print and record the epoch's metrics line, and save the checkpoint; under
-    torchrun by rank 0 only, once every rank has checked that they agree. A run whose training
-    loss is not finite stops here, its last good checkpoint kept."""
-    import distributed
-    import runs
-    import terminal
-    run.elapsed += time.perf_counter() - started
-    run.epoch += 1
-    # the mean training loss of a step: each micro-batch's loss is already divided by its step's count
-    train_loss = float(functools.reduce(torch.add, losses, torch.zeros((), device=run.device))) / run.steps_per_epoch
-    dynamic = run.sparse_cfg.method in DROP_AND_GROW
-    alpha = cosine_drop_fraction(run.step, run.sparse_cfg.drop_fraction, run.sparsity.t_end)
-    record = {"epoch": run.epoch, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
-              "train_loss": train_loss if math.isfinite(train_loss) else None, "val_acc": evaluate(run, run.data.val),
-              "test_acc": evaluate(run, run.data.test), "drop_fraction": alpha if dynamic else 0.0,
-              "regrown": regrown, "elapsed": round(run.elapsed, 3)}
-    run.history.append(record)
-    run.layer_history.append({"epoch": run.epoch, "densities": run.sparsity.densities()})
-    console.print(terminal.format_record(record), soft_wrap=True, highlight=False)
-    if not math.isfinite(train_loss):  # the metrics line (train_loss null) is kept, not the checkpoint
-        raise runs.diverged(run, out, losses)
-    distributed.check_ranks_agree(run.sparsity, run.epoch)
-    if distributed.is_main_process():
-        runs.save_epoch(out, runs.checkpoint(run), run.history, run.layer_history)
-
-
-# =============================================================================================
-# The train command: python rigl.py train --density 0.1
-# commands.py declares its options (the fields of recipes.TrainConfig and SparsityConfig, with
-# their defaults) and turns them into the two configurations that start_run trains.
-# =============================================================================================
-
-
-def start_run(cfg: TrainConfig, sparse_cfg: SparsityConfig, out: Path, resume: bool, console) -> dict:
-    """Create or resume the run directory `out` of a resolved configuration and train, holding its
-    lock (under torchrun every process trains; rank 0 locks, prints and writes)."""
-    import io
-    import distributed
-    import runs
-    import terminal
-    from rich.console import Console
-    out, sparse_cfg = Path(out), replace(sparse_cfg, seed=cfg.seed)  # one seed for the run and its masks
-    config = runs.run_config(cfg, sparse_cfg)
-    distributed.init(cfg.device)
-    main = distributed.is_main_process()
-    with runs.locked(out) if main else contextlib.nullcontext():
-        runs.check_out_dir(out, config, resume)
-        run = build_run(cfg, sparse_cfg)
-        console = console if main else Console(file=io.StringIO())  # one rank speaks and writes
-        if resume:
-            runs.restore(run, runs.load_checkpoint(out, run.device))
-            run.f_sparse = forward_flops(run)
-            console.print(f"resumed {out} at epoch {run.epoch}, step {run.step}")
-        elif main:
-            runs.start(out, config, run.model.state_dict())
-        terminal.print_start(run, config, console)
-        summary = train(run, out, console)
-    terminal.print_done(summary, out, console)
-    return summary
-
-
-def main() -> None:
-    """python rigl.py train | flops | sweep | report | bench | export; COMMAND --help lists its options."""
-    try:
-        import commands
-    except ImportError as error:
-        sys.exit(f"the command line needs the packages of requirements.txt ({error}): "
-                 f"pip install -r requirements.txt")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    commands.app(sys.modules[__name__])()  # this module itself, so that it is loaded only once
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python rigl.py train | flops | sweep | report | bench | export
+    import runpy
+    runpy.run_module("rigl_harness", run_name="__main__")  # the command line, rigl_harness/cli.py

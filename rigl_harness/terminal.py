@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import sys
 import time
 
-import distributed
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
 from flops import PAPER_FLOPS_PER_MAC
+from rigl_harness import distributed
 
 
-def make_console():
-    from rich.console import Console
+def make_console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=200)  # pipes get whole lines
+
+
+def silent_console() -> Console:
+    """What the ranks but rank 0 print to under torchrun: nothing."""
+    return Console(file=io.StringIO())
 
 
 @contextlib.contextmanager
@@ -47,7 +56,6 @@ def one_line(message: str) -> str:
 def print_start(run, config: dict, console) -> None:
     """The resolved configuration and the per-layer table (shape, density, active weights, FLOPs
     per sample), once at the start of a run."""
-    from rich.table import Table
     console.print(f"[bold]config[/] {json.dumps(config['train'])}")
     console.print(f"[bold]sparsity[/] {json.dumps(config['sparsity'])}")
     console.print(f"device {run.device}, {run.data.num_train:,} training images, "
@@ -65,12 +73,11 @@ def print_start(run, config: dict, console) -> None:
 
 
 @contextlib.contextmanager
-def epoch_progress(run, console):
-    """A transient progress bar over the epoch's steps; yields show(loss), called once a step
+def epoch_progress(run, epoch: int, console):
+    """A transient progress bar over the steps of epoch `epoch` (from 1); yields show(loss), called once a step
     (it reads the loss off the device only when it redraws, every 20 steps)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     started, step_in_epoch = time.perf_counter(), 0
-    with Progress(TextColumn(f"epoch {run.epoch + 1}/{run.epochs}"), BarColumn(),
+    with Progress(TextColumn(f"epoch {epoch}/{run.epochs}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total} steps  {task.fields[status]}"),
                   TimeRemainingColumn(), console=console, transient=True) as progress:
         task = progress.add_task("train", total=run.steps_per_epoch, status="")
@@ -87,7 +94,7 @@ def epoch_progress(run, console):
 
 
 def format_record(r: dict) -> str:
-    """One line per epoch with the same keys every time (README, "Metrics")."""
+    """One line per epoch with the same keys every time (docs/run-directories.md, "Metrics")."""
     val = "  n/a" if r["val_acc"] is None else f"{r['val_acc']:5.2f}"
     loss = "   n/a" if r["train_loss"] is None else f"{r['train_loss']:.4f}"
     return (f"epoch {r['epoch']:>4}  step {r['step']:>7}  lr {r['lr']:.5f}  train loss "

@@ -10,11 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-import distributed
-
-DATASET_SHAPES = {"cifar10": (10, 32), "cifar100": (100, 32), "imagenet": (1000, 224),
-                  "synthetic": (10, 32)}
-"""Number of classes and input size (H = W) of each dataset; FLOPs are counted at that size."""
+from rigl_harness import distributed
 
 
 class DataUnavailable(ValueError):

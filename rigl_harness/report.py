@@ -8,8 +8,8 @@ Input:   every folder under ROOT with config.json and summary.json (`python rigl
 Output:  ROOT/report.md, ROOT/report.csv and ROOT/figures/*.png.
 
 Runs are pooled over seeds only when every other setting agrees; otherwise the report refuses and
-names what differs. matplotlib and rich are imported inside the functions that draw and print;
-what the report must know of the methods, rigl.py hands over as MethodFacts.
+names what differs. matplotlib is imported inside the functions that draw, so that a report
+without figures does not pay for it.
 """
 
 from __future__ import annotations
@@ -17,33 +17,24 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
-from runs import MAY_DIFFER, read_json
+from rich.table import Table
 
-METHOD_NAMES = {"dense": "Dense", "small-dense": "Small-Dense", "static": "Static", "set": "SET",
-                "rigl": "RigL", "snfs": "SNFS", "pruning": "Pruning", "lottery": "Lottery",
-                "rigl-sg": "RigL-SG", "rigl-sm": "RigL-SM"}
-"""How the report writes each method; the dict's order is the row order of the table."""
-DISTRIBUTION_SUFFIX = {"-": "", "uniform": "", "er": " (ER)", "erk": " (ERK)"}
+from flops import NO_DISTRIBUTION
+from rigl import CHANGES_EVERY_INTERVAL, DROP_AND_GROW, UNMASKED, Method, SparsityConfig
+from rigl_harness.runs import MAY_DIFFER, read_json
+
+SPELLING = {"rigl": "RigL", "set": "SET", "snfs": "SNFS", "sg": "SG", "sm": "SM"}
+"""The words of method names that the report does not write capitalised: "rigl-sg" -> "RigL-SG"."""
+DISTRIBUTION_SUFFIX = {NO_DISTRIBUTION: "", "uniform": "", "er": " (ER)", "erk": " (ERK)"}
 """The report leaves uniform unmarked and writes "(ERK)" after the method (Table 2)."""
 
 
-@dataclass(frozen=True)
-class MethodFacts:
-    """What the report must know of the methods. rigl.py, where they are defined, hands it over."""
-
-    unmasked: tuple[str, ...]
-    """Methods without masks: their layer distribution means nothing and is shown as "-"."""
-    uses_alpha: tuple[str, ...]
-    """Methods that drop and regrow a fraction α of their connections."""
-    uses_interval: tuple[str, ...]
-    """Methods whose masks change every ΔT steps."""
-    alpha: float
-    """The paper's α: a row names α only when a run used another value."""
-    interval: int
-    """The paper's ΔT: a row names ΔT only when a run used another value."""
+def method_name(method: str) -> str:
+    """How the report writes a method: "Small-Dense", "RigL-SG"."""
+    return "-".join(SPELLING.get(word, word.capitalize()) for word in method.split("-"))
 
 
 GROUP_KEYS = ("dataset", "model", "method", "distribution", "multiplier", "drop_fraction",
@@ -61,27 +52,28 @@ def find_run_dirs(root) -> tuple[list[Path], list[Path]]:
     return finished, unfinished
 
 
-def config_record(path, facts: MethodFacts) -> dict:
+def config_record(path) -> dict:
     """What a run directory's config.json says, in the report's terms (finished or not)."""
     config = read_json(Path(path) / "config.json")
     try:
         train, sparse = config["train"], config["sparsity"]
-        return run_settings(path, train, sparse, facts)
+        return run_settings(path, train, sparse)
     except (KeyError, TypeError) as error:
         raise ValueError(f"{Path(path) / 'config.json'} is not a run's configuration (no {error})") from None
 
 
-def run_settings(path, train: dict, sparse: dict, facts: MethodFacts) -> dict:
+def run_settings(path, train: dict, sparse: dict) -> dict:
     """The report's view of one configuration, and `settings`: every field that must agree
     between the runs of one row (all but the seed and MAY_DIFFER)."""
     method = sparse["method"]
     # α and ΔT only matter where masks change: elsewhere they neither split groups nor label rows.
-    alpha = sparse["drop_fraction"] if method in facts.uses_alpha else facts.alpha
-    interval = sparse["update_interval"] if method in facts.uses_interval else facts.interval
-    variant = (f" α={alpha:g}" if alpha != facts.alpha else "") + \
-        (f" ΔT={interval}" if interval != facts.interval else "")
+    # A row names α and ΔT only where a run used other values than the paper's.
+    alpha = sparse["drop_fraction"] if method in DROP_AND_GROW else SparsityConfig.drop_fraction
+    interval = sparse["update_interval"] if method in CHANGES_EVERY_INTERVAL else SparsityConfig.update_interval
+    variant = (f" α={alpha:g}" if alpha != SparsityConfig.drop_fraction else "") + \
+        (f" ΔT={interval}" if interval != SparsityConfig.update_interval else "")
     record = {"path": str(path), "dataset": train["dataset"], "model": train["model"], "method": method,
-              "distribution": "-" if method in facts.unmasked else sparse["distribution"],
+              "distribution": NO_DISTRIBUTION if method in UNMASKED else sparse["distribution"],
               # Dense is trained at d = 1 whatever --density said; Small-Dense keeps the d it matches.
               "density": 1.0 if method == "dense" else sparse["density"],
               "multiplier": train["multiplier"], "seed": train["seed"],
@@ -93,12 +85,12 @@ def run_settings(path, train: dict, sparse: dict, facts: MethodFacts) -> dict:
     return {**record, "settings": settings}
 
 
-def run_record(path, facts: MethodFacts) -> dict:
+def run_record(path) -> dict:
     """One finished run as a flat dict: its configuration and its final numbers."""
     summary = read_json(Path(path) / "summary.json")
     if not isinstance(summary, dict) or "final_test_acc" not in summary:
         raise ValueError(f"{Path(path) / 'summary.json'} is not a run's summary (no final_test_acc)")
-    return {**config_record(path, facts), "test_acc": summary["final_test_acc"],
+    return {**config_record(path), "test_acc": summary["final_test_acc"],
             "val_acc": summary.get("final_val_acc"),
             # Summaries older than the FLOP accounting have no ratios: None, shown as "n/a".
             "train_flops_ratio": summary.get("train_flops_ratio"),
@@ -106,10 +98,10 @@ def run_record(path, facts: MethodFacts) -> dict:
             "epochs": summary.get("epochs")}
 
 
-def collect_runs(root, facts: MethodFacts) -> list[dict]:
+def collect_runs(root) -> list[dict]:
     """Every finished run under `root`, sorted by configuration, then seed, then path."""
     finished, _ = find_run_dirs(root)
-    runs = [run_record(path, facts) for path in finished]
+    runs = [run_record(path) for path in finished]
     return sorted(runs, key=lambda r: (*[r[k] for k in GROUP_KEYS], r["seed"], r["path"]))
 
 
@@ -163,7 +155,7 @@ def several_tasks(groups: list[dict]) -> bool:
 
 def group_label(group: dict, with_task: bool = False) -> str:
     """The report's name of a row: "RigL 2× (ERK)", plus α and ΔT when they are not the paper's."""
-    label = METHOD_NAMES.get(group["method"], group["method"])
+    label = method_name(group["method"])
     if group["multiplier"] != 1:
         label += f" {group['multiplier']:g}×"
     label += DISTRIBUTION_SUFFIX.get(group["distribution"], f" ({group['distribution']})")
@@ -174,7 +166,7 @@ def group_label(group: dict, with_task: bool = False) -> str:
 def row_order(row_key: tuple) -> tuple:
     """Table order: task, then 1× before 2×, unmasked and uniform before ER and ERK, then method."""
     row = dict(zip(ROW_KEYS, row_key))
-    methods, distributions = list(METHOD_NAMES), list(DISTRIBUTION_SUFFIX)
+    methods, distributions = get_args(Method), list(DISTRIBUTION_SUFFIX)
     return (row["dataset"], row["model"], row["multiplier"],
             distributions.index(row["distribution"]) if row["distribution"] in distributions else 99,
             methods.index(row["method"]) if row["method"] in methods else 99,
@@ -242,7 +234,6 @@ def write_tables(header: list[str], rows: list[list[str]], groups: list[dict], r
 
 
 def print_table(header: list[str], rows: list[list[str]], console) -> None:
-    from rich.table import Table
     table = Table(*header, title="Test accuracy (%) ± std over seeds (training, inference FLOPs ×dense)")
     for row in rows:
         table.add_row(*row)
@@ -444,7 +435,7 @@ def plot_density_over_training(run: dict, path) -> Path | None:
 def representative_run(runs: list[dict]) -> dict | None:
     """The run whose masks are drawn: RigL (ERK) at the lowest density if there is one, else the
     sparse run of lowest density; 1× schedule before longer ones, then the first seed."""
-    masked = [r for r in runs if r["distribution"] != "-"]  # "-": a method without masks
+    masked = [r for r in runs if r["distribution"] != NO_DISTRIBUTION]
     if not masked:
         return None
     return min(masked, key=lambda r: (not (r["method"] == "rigl" and r["distribution"] == "erk"),
@@ -473,13 +464,13 @@ def report_figures(runs: list[dict], groups: list[dict], folder: Path) -> list[P
     return [path for path in written if path is not None]
 
 
-def make_report(root, console, facts: MethodFacts) -> dict:
+def make_report(root, console) -> dict:
     """Table 2 (printed, ROOT/report.md, ROOT/report.csv) and figures (ROOT/figures/) from every
     finished run under ROOT. Raises ValueError when there is none."""
     finished, unfinished = find_run_dirs(root)
     if not finished:
         raise ValueError(f"no finished runs (summary.json) under {root}")
-    runs = collect_runs(root, facts)
+    runs = collect_runs(root)
     groups = aggregate(runs)
     header, rows = table_rows(groups)
     print_table(header, rows, console)

@@ -1,5 +1,4 @@
-"""A run: what it holds in memory (Run), and its directory: config.json, init.pt, checkpoint.pt,
-metrics.jsonl, densities.jsonl, summary.json.
+"""A run directory: config.json, init.pt, checkpoint.pt, metrics.jsonl, densities.jsonl, summary.json.
 
 Every file is replaced atomically (written beside it, then renamed), so a kill never leaves a
 broken one; a killed run continues from its last checkpoint.
@@ -12,42 +11,13 @@ import fcntl
 import json
 import os
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-import distributed
-from flops import CONVENTION
-
-
-@dataclass
-class Run:
-    """Everything a training run holds (rigl.build_run makes it); checkpoint() saves all of it and
-    restore() restores it."""
-
-    cfg: object  # recipes.TrainConfig, resolved
-    sparse_cfg: object  # rigl.SparsityConfig
-    data: object  # data.Data
-    device: torch.device
-    model: torch.nn.Module
-    ddp_model: torch.nn.Module  # the model's DistributedDataParallel wrapper under torchrun, else the model
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    sparsity: object  # rigl.Sparsity
-    generator: torch.Generator  # data order and augmentation
-    scaler: torch.amp.GradScaler
-    steps_per_epoch: int
-    epochs: int
-    tally: object  # flops.FlopTally: training FLOPs so far
-    dense_macs: dict | None = None  # dense multiply-adds per masked layer and sample (flops.py)
-    f_dense: float = 0.0  # forward FLOPs per sample, dense and with the current masks (paper's count)
-    f_sparse: float = 0.0
-    epoch: int = 0
-    step: int = 0
-    elapsed: float = 0.0
-    history: list | None = None  # metrics.jsonl
-    layer_history: list | None = None  # densities.jsonl
+from flops import CONVENTION, sparse_train_flops
+from rigl_harness import distributed
 
 
 def run_config(cfg, sparse_cfg) -> dict:
@@ -162,7 +132,7 @@ def save_records(out: Path, metrics: list[dict], densities: list[dict]) -> None:
         atomic_write(out / name, lambda p: p.write_text(lines))
 
 
-def diverged(run: Run, out: Path, losses: list) -> Diverged:
+def diverged(run, out: Path, losses: list) -> Diverged:
     """The error that stops a run whose training loss is not finite, naming the first step that
     diverged. Its metrics (train_loss null) are saved; its checkpoint stays the last good one."""
     first = next(i for i, loss in enumerate(losses) if not torch.isfinite(loss))
@@ -205,7 +175,7 @@ def read_ticket(source: Path, model: str, dataset: str) -> tuple[dict, dict]:
 
 
 def checkpoint(run) -> dict:
-    """Model, optimizer, lr schedule, masks, FLOP tally, every RNG state, epoch, step and history."""
+    """Of a train.Run: model, optimizer, lr schedule, masks, FLOP tally, every RNG state, epoch, step and history."""
     return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(), "sparsity": run.sparsity.state_dict(),
             "data_rng": run.generator.get_state(), "torch_rng": torch.get_rng_state(),
@@ -251,7 +221,8 @@ def summary(run) -> dict:
     """summary.json: final accuracies, the final masks, and the FLOPs actually spent (a training
     ratio is relative to the dense model trained on the 1× schedule)."""
     vals = [r["val_acc"] for r in run.history if r["val_acc"] is not None]
-    dense_1x = 3 * run.f_dense * run.data.num_train * run.epoch / run.cfg.multiplier
+    # dense training on the 1× schedule: 3 f_D per image (forward and two backward passes)
+    dense_1x = sparse_train_flops(run.f_dense) * run.data.num_train * run.epoch / run.cfg.multiplier
     return {"final_val_acc": run.history[-1]["val_acc"], "final_test_acc": run.history[-1]["test_acc"],
             "best_val_acc": max(vals) if vals else None, "epochs": run.epoch, "steps": run.step,
             "wall_time": round(run.elapsed, 3), "density": run.sparsity.total_row()["density"],

@@ -36,9 +36,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import data
 import models
-import runs
+from rigl_harness import runs
 
 FORMAT, VERSION = "rigl-compact", 1
 COMPACT_NAME, ONNX_NAME = "model.compact.pt", "model.onnx"
@@ -288,7 +287,7 @@ def state_mismatch(expected: dict[str, torch.Tensor], saved: dict[str, torch.Ten
 def run_network(run_dir: Path, config: dict, checkpoint: dict) -> tuple[nn.Module, dict, dict]:
     """The run's trained network with its masks applied, its masks, and its architecture. Runs
     with masks are never Small-Dense (refused by read_run), so their width scale is 1."""
-    classes, size = data.DATASET_SHAPES[config["train"]["dataset"]]
+    classes, size = models.DATASET_SHAPES[config["train"]["dataset"]]
     architecture = {"model": config["train"]["model"], "num_classes": classes, "width_scale": 1.0,
                     "input_size": size}
     model = models.build_model(architecture["model"], classes, architecture["width_scale"])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib.util
 import statistics
 import tempfile
@@ -32,17 +33,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import data
-import export
 import models
+from rigl import Sparsity, SparsityConfig
+from rigl_harness import bench
+from rigl_harness.deploy import export
 
 RELATIVE_TOLERANCE = 1e-5
 """The sparse network must match the masked dense one to this fraction of its largest output:
 the sums run in another order, so fp32 rounding differs."""
-INFERENCE_MODELS = {"wrn-22-2": ("cifar10", 16), "resnet50": ("imagenet", 8)}
-"""Model -> (dataset giving its classes and input size, the batched size timed beside batch 1)."""
-MakeMasks = Callable[[nn.Module, str], dict]
-"""(model, distribution) -> {weight name: bool mask}, e.g. rigl's Sparsity(...).masks at d = 0.1."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,20 +60,17 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
+def elapsed_ms(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return 1000 * (time.perf_counter() - started)
+
+
 def median_ms(work: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Milliseconds of one call of each entry: `repeats` interleaved rounds (every entry once a
-    round, so drifts of a shared machine hit all alike, as in bench.compare), each round starting
-    one entry further on (so no entry always follows the same one), the median of each."""
-    for _ in range(warmup):
-        for call in work.values():
-            call()
-    names, times = list(work), {name: [] for name in work}
-    for round_ in range(repeats):
-        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-            started = time.perf_counter()
-            work[name]()
-            times[name].append(1000 * (time.perf_counter() - started))
-    return {name: statistics.median(values) for name, values in times.items()}
+    """Milliseconds of one call of each entry: the median over `repeats` interleaved rounds."""
+    rounds = bench.interleaved({name: functools.partial(elapsed_ms, call) for name, call in work.items()},
+                               repeats, warmup)
+    return {name: statistics.median(times) for name, times in rounds.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,27 +338,35 @@ def onnx_file(model: nn.Module, masks: dict, size: int, path: Path) -> Path | No
 # ---------------------------------------------------------------------------------------------
 
 
-def bench_inference(make_masks: MakeMasks, threads: int = 1, repeats: int = 5,
-                    names: tuple[str, ...] = tuple(INFERENCE_MODELS),
+def initial_masks(model: nn.Module, density: float, distribution: str) -> dict[str, torch.Tensor]:
+    """A static sparse model's masks at d: rigl's initial allocation under `distribution`."""
+    config = SparsityConfig(method="static", density=density, distribution=distribution)
+    return Sparsity(model, None, config, total_steps=1).masks
+
+
+def bench_inference(density: float = SparsityConfig.density, threads: int = 1, repeats: int = 5,
+                    names: tuple[str, ...] = tuple(bench.MODELS),
                     distributions: tuple[str, ...] = ("erk", "uniform")) -> list[dict]:
-    """WRN-22-2 (CIFAR shapes) and ResNet-50 (ImageNet shapes) under each distribution's masks,
-    at batch 1 and INFERENCE_MODELS' batched size: compare_inference's rows. The weights are a
-    fresh initialisation (seed 0): the time of a sparse kernel depends on where the zeros are,
-    not on the values."""
-    unknown = [n for n in names if n not in INFERENCE_MODELS]
+    """WRN-22-2 (CIFAR shapes) and ResNet-50 (ImageNet shapes) under each distribution's masks at
+    d, at batch 1 and the model's inference batch (bench.MODELS): compare_inference's rows. The
+    weights are a fresh initialisation (seed 0): the time of a sparse kernel depends on where the
+    zeros are, not on the values."""
+    unknown = [n for n in names if n not in bench.MODELS]
     if unknown:
-        raise ValueError(f"bench --inference models are {', '.join(INFERENCE_MODELS)}, got {unknown[0]!r}")
+        raise ValueError(f"bench --inference models are {', '.join(bench.MODELS)}, got {unknown[0]!r}")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
     entries, batches = [], {}
     for name in names:
-        classes, size = data.DATASET_SHAPES[INFERENCE_MODELS[name][0]]
+        classes, size = models.DATASET_SHAPES[bench.MODELS[name].dataset]
         for distribution in distributions:
             torch.manual_seed(0)
             model = models.build_model(name, classes).eval()
             label = f"{name} {distribution}"
-            entries.append((label, model, make_masks(model, distribution), size))
-            batches[label] = [1, INFERENCE_MODELS[name][1]]
+            entries.append((label, model, initial_masks(model, density, distribution), size))
+            batches[label] = [1, bench.MODELS[name].inference_batch]
     return compare_inference(entries, batches, threads, repeats)
 
 

@@ -1,0 +1,272 @@
+"""The command line: python rigl.py train | flops | sweep | report | bench | export, declared the way typer documents.
+
+Each option's default is its configuration field's (SparsityConfig in rigl.py, TrainConfig in
+train.py), and its help is that field's docstring (options.help_of).
+"""
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+try:
+    import rich  # noqa: F401  (the harness prints with it)
+    import typer
+except ModuleNotFoundError as error:
+    raise SystemExit(f"the command line needs the packages of requirements.txt ({error}): "
+                     f"pip install -r requirements.txt") from None
+
+import flops
+from rigl import Distribution, Method, SparsityConfig
+from rigl_harness import bench, report, runs, sweep, terminal
+from rigl_harness.deploy import export, inference
+from rigl_harness.distributed import pick_device
+from rigl_harness.options import comma_separated, configs_from_options, help_of
+from train import Dataset, Precision, TrainConfig, resolve_recipe, start_run
+
+S, T = SparsityConfig, TrainConfig  # their fields' defaults are the options' defaults
+
+
+def s_(field: str, **extra) -> typer.Option:
+    """The option of a SparsityConfig field, its docstring as help."""
+    return typer.Option(help=help_of(SparsityConfig, field), **extra)
+
+
+def t_(field: str, **extra) -> typer.Option:
+    """The option of a TrainConfig field, its docstring as help."""
+    return typer.Option(help=help_of(TrainConfig, field), **extra)
+
+
+# The options that several commands share, one declaration each.
+MethodOption = Annotated[Method, s_("method")]
+DensityOption = Annotated[float, s_("density")]
+DistributionOption = Annotated[Distribution, s_("distribution")]
+IntervalOption = Annotated[int, s_("update_interval")]
+DenseLayersOption = Annotated[Optional[str], s_("dense_layers", metavar="A,B")]
+ModelOption = Annotated[Optional[str], t_("model")]
+DatasetOption = Annotated[Dataset, t_("dataset")]
+MultiplierOption = Annotated[float, t_("multiplier")]
+DeviceOption = Annotated[str, t_("device")]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="RigL and its baselines: `python rigl.py train --density 0.1`.")
+
+
+def main() -> None:
+    """python rigl.py COMMAND; COMMAND --help lists its options."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # A mask update replaces the optimizer step by design; with ΔT = 1 the first step is one, and
+    # torch would warn that the learning-rate schedule stepped before the optimizer did.
+    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+    app()
+
+
+# ---------------------------------------------------------------------------------------------
+# train: every field of TrainConfig and SparsityConfig (but the seed, which is TrainConfig's)
+# ---------------------------------------------------------------------------------------------
+
+
+@app.command("train")
+def train_command(
+    method: MethodOption = S.method,
+    density: DensityOption = S.density,
+    distribution: DistributionOption = S.distribution,
+    erk_power_scale: Annotated[float, s_("erk_power_scale")] = S.erk_power_scale,
+    drop_fraction: Annotated[float, s_("drop_fraction")] = S.drop_fraction,
+    update_interval: IntervalOption = S.update_interval,
+    t_end: Annotated[float, s_("t_end")] = S.t_end,
+    t_start: Annotated[float, s_("t_start")] = S.t_start,
+    dense_layers: DenseLayersOption = S.dense_layers,
+    model: ModelOption = T.model,
+    dataset: DatasetOption = T.dataset,
+    data_dir: Annotated[str, t_("data_dir")] = T.data_dir,
+    epochs: Annotated[Optional[int], t_("epochs")] = T.epochs,
+    multiplier: MultiplierOption = T.multiplier,
+    batch_size: Annotated[Optional[int], t_("batch_size")] = T.batch_size,
+    lr: Annotated[Optional[float], t_("lr")] = T.lr,
+    momentum: Annotated[float, t_("momentum")] = T.momentum,
+    weight_decay: Annotated[Optional[float], t_("weight_decay")] = T.weight_decay,
+    label_smoothing: Annotated[Optional[float], t_("label_smoothing")] = T.label_smoothing,
+    warmup: Annotated[Optional[float], t_("warmup")] = T.warmup,
+    lr_milestones: Annotated[Optional[str], t_("lr_milestones", metavar="A,B")] = T.lr_milestones,
+    lr_gamma: Annotated[Optional[float], t_("lr_gamma")] = T.lr_gamma,
+    val_size: Annotated[int, t_("val_size")] = T.val_size,
+    train_subset: Annotated[int, t_("train_subset")] = T.train_subset,
+    seed: Annotated[int, t_("seed")] = T.seed,
+    device: DeviceOption = T.device,
+    precision: Annotated[Precision, t_("precision")] = T.precision,
+    accumulate: Annotated[int, t_("accumulate")] = T.accumulate,
+    workers: Annotated[int, t_("workers")] = T.workers,
+    mask_from: Annotated[Optional[str], t_("mask_from")] = T.mask_from,
+    out: Annotated[Optional[str], typer.Option(help="Run directory. Default: runs/<dataset>-<model>-<method>-<distribution>-d<density>-s<seed>.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
+) -> None:
+    """Train; the defaults are the report's CIFAR-10 WRN-22-2 RigL (ERK) run."""
+    train_run(dict(locals()))
+
+
+def train_run(options: dict) -> None:
+    """One run into --out (default runs/<dataset>-<model>-<method>-<distribution>-d<density>-s<seed>),
+    or the run there continued with --resume; a stop names what is saved."""
+    console, out = terminal.make_console(), Path(options["out"] or "runs")
+
+    def interrupted() -> str:
+        if (out / "checkpoint.pt").exists():
+            return f"interrupted: the last finished epoch is saved in {out}; continue with --resume"
+        return "interrupted before the first epoch finished: nothing to resume"
+    with terminal.user_errors(console, interrupted):
+        cfg, sparse_cfg = configs_from_options(options)
+        if not options["out"]:
+            out = out / f"{cfg.dataset}-{cfg.model}-{sparse_cfg.method}-{sparse_cfg.distribution}-d{sparse_cfg.density}-s{cfg.seed}"
+        start_run(cfg, sparse_cfg, out, options["resume"], console)
+
+
+# ---------------------------------------------------------------------------------------------
+# flops: what each method costs, per layer and as the columns of the report's Table 2
+# ---------------------------------------------------------------------------------------------
+
+
+@app.command("flops")
+def flops_command(
+    method: MethodOption = S.method,
+    density: DensityOption = S.density,
+    distribution: DistributionOption = S.distribution,
+    update_interval: IntervalOption = S.update_interval,
+    dense_layers: DenseLayersOption = S.dense_layers,
+    model: ModelOption = T.model,
+    dataset: DatasetOption = T.dataset,
+    multiplier: MultiplierOption = T.multiplier,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """FLOPs of a model at a density: per layer, inference, training per step, and Table 2's
+    columns for every method (paper convention: multiplies and adds counted separately)."""
+    console = terminal.make_console()
+    with terminal.user_errors(console):
+        cfg = resolve_recipe(T(model=model, dataset=dataset, multiplier=multiplier))
+        sparse_cfg = S(method=method, density=density, distribution=distribution, update_interval=update_interval,
+                       dense_layers=comma_separated(dense_layers, str))
+        result = flops.method_flops(cfg.model, dataset, sparse_cfg, multiplier)
+        result["methods"] = flops.table2_columns(cfg.model, dataset, sparse_cfg, multiplier)
+    if json_output:
+        print(json.dumps(result))
+        return
+    flops.print_flop_report(result, f"{cfg.model} on {dataset}, {method}, {distribution}, d = {density}, "
+                                    f"×{multiplier}, ΔT = {update_interval}", console)
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep: a grid of training runs (sweep.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def train_options_of(ctx: typer.Context) -> dict:
+    """The `train` options that follow a sweep's own, parsed by `train` itself (its defaults
+    filled in); the grid's fields, --mask-from, --out and --resume are the sweep's to set."""
+    train = ctx.parent.command.get_command(ctx.parent, "train")
+    parsed = train.make_context("train", list(ctx.args), parent=ctx.parent)
+    reserved = {field for field, _ in sweep.AXES.values()} | {"mask_from", "out", "resume"}
+    given = [n for n in parsed.params if n in reserved and parsed.get_parameter_source(n).name == "COMMANDLINE"]
+    if given:
+        raise runs.UsageError(f"sweep sets {', '.join('--' + n.replace('_', '-') for n in given)} for each "
+                              f"cell: use its grid options (--methods, --densities, --seeds, ...)")
+    return parsed.params
+
+
+@app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sweep_command(
+    ctx: typer.Context,
+    root: Annotated[str, typer.Argument(help="Directory that receives one run directory per cell (give it first).")],
+    methods: Annotated[str, typer.Option(help="Comma-separated values of --method.")] = S.method,
+    densities: Annotated[str, typer.Option(help="Comma-separated values of --density.")] = str(S.density),
+    distributions: Annotated[str, typer.Option(help="Comma-separated values of --distribution.")] = S.distribution,
+    seeds: Annotated[str, typer.Option(help="Comma-separated values of --seed.")] = str(T.seed),
+    multipliers: Annotated[str, typer.Option(help="Comma-separated values of --multiplier.")] = str(T.multiplier),
+    drop_fractions: Annotated[str, typer.Option(help="Comma-separated values of --drop-fraction (α).")] = str(S.drop_fraction),
+    update_intervals: Annotated[str, typer.Option(help="Comma-separated values of --update-interval (ΔT).")] = str(S.update_interval),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and their state; train nothing.")] = False,
+) -> None:
+    """Run a grid of training runs one after another into ROOT, one run directory per cell;
+    finished cells are skipped and an interrupted one resumes, so a killed sweep restarts where
+    it stopped. Every other `train` option (python rigl.py train --help) applies to all cells."""
+    grid_options, console = dict(locals()), terminal.make_console()
+    with terminal.user_errors(console, lambda: "interrupted: rerun the same sweep to continue where it stopped"):
+        options, grid = train_options_of(ctx), sweep.parse_grid(grid_options)
+        empty = [axis for axis, values in grid.items() if not values]
+        if empty:
+            raise ValueError(f"--{empty[0].replace('_', '-')} needs at least one value")
+        sweep.run_grid(Path(root), grid, options, dry_run, console)
+
+
+# ---------------------------------------------------------------------------------------------
+# report, bench and export
+# ---------------------------------------------------------------------------------------------
+
+
+@app.command("report")
+def report_command(root: Annotated[str, typer.Argument(help="Directory holding finished runs.")]) -> None:
+    """Table 2 (mean ± std over seeds, with FLOPs) and figures from every finished run under
+    ROOT: printed, and saved as ROOT/report.md, ROOT/report.csv and ROOT/figures/*.png."""
+    console = terminal.make_console()
+    with terminal.user_errors(console):
+        report.make_report(root, console)
+
+
+@app.command("bench")
+def bench_command(
+    models: Annotated[str, typer.Option(help="Comma-separated: wrn-22-2 (CIFAR shapes), resnet50 (ImageNet shapes).")] = ",".join(bench.MODELS),
+    methods: Annotated[str, typer.Option(help="Comma-separated sparse methods, each timed beside dense.")] = "static,set,rigl,snfs",
+    density: DensityOption = S.density,
+    update_interval: Annotated[int, typer.Option(help="ΔT: steps per timed window, one of them a mask update.")] = S.update_interval,
+    batch_size: Annotated[int, typer.Option(help="Batch; 0 = 128 for wrn-22-2, 32 for resnet50.")] = 0,
+    repeats: Annotated[int, typer.Option(help="Rounds of dense and every method in turn; the median is kept.")] = 3,
+    device: DeviceOption = T.device,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
+    inference: Annotated[bool, typer.Option("--inference", help="Time CPU inference instead: dense, channels_last, per-layer sparse kernels, ONNX Runtime (rigl_harness/deploy/inference.py).")] = False,
+    threads: Annotated[int, typer.Option(help="--inference: CPU threads.")] = 1,
+    layers: Annotated[bool, typer.Option("--layers", help="--inference: also the per-layer table of which layers went sparse.")] = False,
+) -> None:
+    """Training step time of dense and of each sparse method, averaged over a ΔT window, one
+    mask update alone, and peak memory, side by side in this process; ratios to dense."""
+    console = terminal.make_console()
+    if inference:
+        return bench_inference(density, repeats, threads, layers, json_output, console)
+    with terminal.user_errors(console):
+        target = pick_device(device)
+        rows = bench.bench_rows(list(comma_separated(models, str)), list(comma_separated(methods, str)),
+                                density, update_interval, batch_size, repeats, target)
+    if json_output:
+        print(json.dumps({"device": str(target), "update_interval": update_interval, "density": density,
+                          "repeats": repeats, "rows": rows}))
+    else:
+        bench.print_table(rows, target, update_interval, repeats, console)
+
+
+def bench_inference(density: float, repeats: int, threads: int, layers: bool, json_output: bool,
+                    console) -> None:
+    """bench --inference: WRN-22-2 and ResNet-50 at d with ERK and uniform masks, timed by
+    deploy/inference.py in one process."""
+    with terminal.user_errors(console):
+        rows = inference.bench_inference(density, threads=threads, repeats=repeats)
+    if json_output:
+        print(json.dumps({"density": density, "threads": threads, "repeats": repeats, "rows": rows}))
+    else:
+        inference.print_inference(rows, repeats, console, layers=layers)
+
+
+@app.command("export")
+def export_command(
+    run_dir: Annotated[str, typer.Argument(help="A run directory (config.json, checkpoint.pt).")],
+    fp16: Annotated[bool, typer.Option(help="Store the active values as fp16 (lossy, smaller).")] = False,
+    onnx_sparse: Annotated[bool, typer.Option(help="model.onnx with sparse initializers (smaller; ONNX Runtime reads it, not every runtime does).")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
+) -> None:
+    """RUN_DIR/model.compact.pt (bitmask + active values, lossless) and RUN_DIR/model.onnx,
+    each checked against the masked network (deploy/export.py)."""
+    console = terminal.make_console()
+    with terminal.user_errors(console):
+        result = export.export_run(run_dir, fp16, onnx_sparse)
+    if json_output:
+        print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}))
+    else:
+        export.print_export(result, console)

@@ -1,0 +1,108 @@
+"""Helpers shared by the harness's tests: the command line, run directories, sparse models."""
+
+import copy
+import io
+import json
+import pathlib
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+
+import torch
+from rich.console import Console
+
+import models
+import rigl
+from rigl_harness.deploy import export
+from test_rigl import sgd, shapes_of, small_net, train_steps  # noqa: F401  (the algorithm tests' helpers)
+from train import TrainConfig
+
+REPO = pathlib.Path(__file__).parent.parent
+
+SMOKE = ["--dataset", "synthetic", "--model", "wrn-10-1", "--train-subset", "512", "--val-size", "256",
+         "--batch-size", "64", "--update-interval", "4"]
+"""A small, fast `train` on synthetic data."""
+
+
+def cli(*args, timeout=300):
+    """`python rigl.py ARGS` in the repository."""
+    return subprocess.run([sys.executable, "rigl.py", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def rich_console() -> Console:
+    """A console that prints into a string (console.file.getvalue())."""
+    return Console(file=io.StringIO())
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def wait_for_first_epoch(process, out, timeout=300):
+    """Return once `out` holds a finished epoch, failing if the process ends first."""
+    deadline = time.time() + timeout
+    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text()):
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline, "no epoch finished in time"
+        time.sleep(0.05)
+
+
+def sparse_model(name: str, classes: int, distribution: str = "erk", density: float = 0.1, seed: int = 0):
+    """A model, rigl's masks for it, and weights re-randomised afterwards so that the entries
+    outside the masks are NOT zero (the exporter must apply the masks itself); BatchNorm
+    statistics and biases made non-trivial too."""
+    torch.manual_seed(seed)
+    model = models.build_model(name, classes)
+    config = rigl.SparsityConfig(method="static", density=density, distribution=distribution)
+    masks = rigl.Sparsity(model, None, config, 10).masks
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                module.weight.normal_(0, 0.1)
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+            if isinstance(module, torch.nn.Linear):
+                module.bias.normal_(0, 0.1)
+    return model.eval(), masks
+
+
+def reference_masked(model, masks):
+    """The masked network computed independently of export.masked_model."""
+    reference = copy.deepcopy(model).eval()
+    parameters = dict(reference.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            parameters[name].mul_(mask)
+    return reference
+
+
+def write_run(root, method: str = "rigl", model_name: str = "wrn-10-1", dataset: str = "synthetic"):
+    """A run directory as train.start_run and runs.save_epoch write it (only the keys export reads
+    beside the structure): config.json and checkpoint.pt."""
+    classes = {"synthetic": 10, "cifar10": 10}[dataset]
+    torch.manual_seed(0)
+    model = models.build_model(model_name, classes)
+    sparsity = rigl.Sparsity(model, None, rigl.SparsityConfig(method=method, density=0.1), 10)
+    config = {"train": asdict(TrainConfig(model=model_name, dataset=dataset)),
+              "sparsity": asdict(sparsity.config), "torch": torch.__version__, "git_commit": None}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps(config))
+    torch.save({"model": model.state_dict(), "sparsity": sparsity.state_dict(), "epoch": 1}, root / "checkpoint.pt")
+    return model, sparsity.masks
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def onnx_available() -> bool:
+    return export.onnx_missing() is None

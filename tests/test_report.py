@@ -1,0 +1,218 @@
+"""`python rigl.py report` (rigl_harness/report.py): Table 2 and figures from run directories."""
+
+import csv
+import io
+import json
+from typing import get_args
+
+import pytest
+from rich.console import Console
+
+from rigl import Method
+from rigl_harness import report
+
+
+# --- report.py ------------------------------------------------------------------------------------
+
+
+LAYERS = {"conv1.weight": (16, 3, 3, 3), "group1.0.conv1.weight": (32, 16, 3, 3),
+          "group2.0.conv1.weight": (64, 32, 3, 3), "group3.0.conv2.weight": (128, 128, 3, 3),
+          "fc.weight": (10, 128)}
+
+
+def fake_run(root, name, method, distribution, density, seed, test_acc, multiplier=1.0,
+             drop_fraction=0.3, update_interval=100, flops=(0.35, 0.35), history=3,
+             layers=LAYERS):
+    """A finished run directory as report.py writes it: config.json, summary.json and, unless
+    history is None, densities.jsonl with epochs 0..history (densities drift a little)."""
+    out = root / name
+    out.mkdir(parents=True)
+    config = {"train": {"dataset": "cifar10", "model": "wrn-22-2", "epochs": 250,
+                        "multiplier": multiplier, "seed": seed},
+              "sparsity": {"method": method, "density": density, "distribution": distribution,
+                           "drop_fraction": drop_fraction, "update_interval": update_interval},
+              "torch": "2.x", "git_commit": None}
+    (out / "config.json").write_text(json.dumps(config))
+    final = {n: min(1.0, density * (1 + i / 4)) for i, n in enumerate(layers)}
+    summary = {"final_val_acc": None, "final_test_acc": test_acc, "best_val_acc": None,
+               "epochs": 250, "steps": 87_891, "wall_time": 1.0, "density": density,
+               "layers": [{"name": n, "shape": list(s), "density": final[n], "active": 0, "total": 1}
+                          for n, s in layers.items()],
+               "train_flops_ratio": flops[0], "inference_flops_ratio": flops[1]}
+    (out / "summary.json").write_text(json.dumps(summary))
+    if history is not None:
+        lines = [json.dumps({"epoch": e, "densities": {n: d * (1 + 0.1 * e * (-1) ** i)
+                                                       for i, (n, d) in enumerate(final.items())}})
+                 for e in range(history + 1)]
+        (out / "densities.jsonl").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def unfinished_run(root, name):
+    out = root / name
+    out.mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps({"train": {}, "sparsity": {"method": "rigl"}}))
+    (out / "checkpoint.pt").write_bytes(b"placeholder")
+    return out
+
+
+def sweep(root):
+    """RigL (ERK and uniform) at d = 0.1 and 0.2 and Static at 0.1 over seeds, dense, one seed of
+    Small-Dense and of RigL-SG, and one unfinished run.
+    RigL (ERK) at d = 0.1 has accuracies 92.0, 92.5, 93.0: 92.5 ± 0.5."""
+    for seed, acc in enumerate([92.0, 92.5, 93.0]):
+        fake_run(root, f"rigl-erk-d0.1-s{seed}", "rigl", "erk", 0.1, seed, acc)
+        fake_run(root, f"rigl-erk-d0.2-s{seed}", "rigl", "erk", 0.2, seed, acc + 0.6)
+        fake_run(root, f"rigl-uniform-d0.1-s{seed}", "rigl", "uniform", 0.1, seed, acc - 0.8,
+                 flops=(0.2, 0.2))
+        fake_run(root, f"static-d0.1-s{seed}", "static", "uniform", 0.1, seed, acc - 3.4, flops=(0.2, 0.2))
+        fake_run(root, f"dense-s{seed}", "dense", "erk", 0.1, seed, acc + 0.9, flops=(1.0, 1.0))
+    # Only two seeds of RigL uniform at d = 0.2: the row's seeds column reads "2-3".
+    for seed in (0, 1):
+        fake_run(root, f"rigl-uniform-d0.2-s{seed}", "rigl", "uniform", 0.2, seed, 92.6, flops=(0.3, 0.3))
+    fake_run(root, "small-dense-d0.1-s0", "small-dense", "erk", 0.1, 0, 89.0, flops=(0.1, 0.1))
+    fake_run(root, "nested/rigl-sg-erk-d0.1-s0", "rigl-sg", "erk", 0.1, 0, 92.3, flops=(0.4, 0.36))
+    unfinished_run(root, "rigl-erk-d0.05-s0")
+    return root
+
+
+def group_of(groups, **keys):
+    [group] = [g for g in groups if all(g[k] == v for k, v in keys.items())]
+    return group
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG") and len(data) > 5_000, path
+
+
+def test_aggregate_mean_sample_std_and_seeds(tmp_path):
+    runs = report.collect_runs(sweep(tmp_path))
+    assert len(runs) == 19                      # the unfinished run is not one of them
+    assert not any("d0.05" in r["path"] for r in runs)
+    groups = report.aggregate(runs)
+    rigl_erk = group_of(groups, method="rigl", distribution="erk", density=0.1)
+    assert rigl_erk["n"] == 3 and rigl_erk["seeds"] == [0, 1, 2]
+    assert rigl_erk["test_mean"] == pytest.approx(92.5)
+    assert rigl_erk["test_std"] == pytest.approx(0.5)       # sample std (ddof = 1), not 0.408
+    assert group_of(groups, method="rigl", distribution="uniform", density=0.2)["n"] == 2
+    assert group_of(groups, method="rigl-sg")["test_std"] == 0.0   # one seed: no spread
+    # Dense is grouped at d = 1 with no distribution, whatever its config said.
+    dense = group_of(groups, method="dense")
+    assert (dense["density"], dense["distribution"], dense["n"]) == (1.0, "-", 3)
+    assert group_of(groups, method="small-dense")["distribution"] == "-"  # no masks to distribute
+
+
+def test_grouping_separates_multiplier_and_alpha_interval(tmp_path):
+    for seed in (0, 1):
+        fake_run(tmp_path, f"a-{seed}", "rigl", "erk", 0.1, seed, 92.0)
+        fake_run(tmp_path, f"b-{seed}", "rigl", "erk", 0.1, seed, 93.0, multiplier=2.0)
+        fake_run(tmp_path, f"c-{seed}", "rigl", "erk", 0.1, seed, 91.0, drop_fraction=0.5)
+        fake_run(tmp_path, f"d-{seed}", "rigl", "erk", 0.1, seed, 90.0, update_interval=200)
+    groups = report.aggregate(report.collect_runs(tmp_path))
+    assert [g["n"] for g in groups] == [2, 2, 2, 2]
+    labels = {report.group_label(g) for g in groups}
+    assert labels == {"RigL (ERK)", "RigL (ERK) α=0.5", "RigL (ERK) ΔT=200", "RigL 2× (ERK)"}
+    assert group_of(groups, multiplier=2.0)["test_mean"] == pytest.approx(93.0)
+
+
+def test_table_cells_markdown_and_csv(tmp_path):
+    groups = report.aggregate(report.collect_runs(sweep(tmp_path)))
+    header, rows = report.table_rows(groups)
+    assert header == ["method", "d = 0.1", "d = 0.2", "d = 1", "seeds"]
+    by_label = {row[0]: row for row in rows}
+    assert by_label["RigL (ERK)"] == ["RigL (ERK)", "92.50 ± 0.50 (0.35×, 0.35×)",
+                                      "93.10 ± 0.50 (0.35×, 0.35×)", "", "3"]
+    assert by_label["Dense"][1:] == ["", "", "93.40 ± 0.50 (1.00×, 1.00×)", "3"]
+    assert by_label["RigL"][-1] == "2-3"
+    # The report's order: unmasked first, uniform before ERK, Static before SET before RigL.
+    assert [row[0] for row in rows] == ["Dense", "Small-Dense", "Static", "RigL", "RigL (ERK)",
+                                        "RigL-SG (ERK)"]
+    md, csv_path = report.write_tables(header, rows, groups, tmp_path)
+    lines = md.read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("Test accuracy (%) on cifar10 wrn-22-2: mean ± sample std")
+    assert "| RigL (ERK) | 92.50 ± 0.50 (0.35×, 0.35×) | 93.10 ± 0.50 (0.35×, 0.35×) |  | 3 |" in lines
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        parsed = list(csv.DictReader(f))
+    assert len(parsed) == len(groups)
+    row = group_of(parsed, method="rigl", distribution="erk", density="0.1")
+    assert float(row["test_mean"]) == pytest.approx(92.5) and float(row["test_std"]) == pytest.approx(0.5)
+    assert (int(row["n"]), int(row["update_interval"])) == (3, 100)
+    assert float(row["train_flops_ratio"]) == pytest.approx(0.35)
+
+
+def test_make_report_writes_and_prints_every_file(tmp_path):
+    console = Console(file=io.StringIO(), width=300)
+    result = report.make_report(sweep(tmp_path), console)
+    figures = tmp_path / "figures"
+    expected = [figures / "accuracy_vs_density.png", figures / "accuracy_vs_flops.png",
+                figures / "layer_densities.png",
+                figures / "density_over_training_cifar10-wrn-22-2-rigl-sg-erk-d0.1-x1-a0.3-dt100.png"]
+    assert result["figures"] == expected
+    assert result["tables"] == [tmp_path / "report.md", tmp_path / "report.csv"]
+    printed = console.file.getvalue()
+    for path in expected + result["tables"]:
+        assert f"wrote {path}" in printed
+    for path in expected:
+        assert_png(path)
+    assert "skipped 1 unfinished run" in printed and "rigl-erk-d0.05-s0" in printed
+    assert "92.50 ± 0.50 (0.35×, 0.35×)" in printed        # the rich table
+    assert (result["runs"], result["groups"]) == (19, 8)
+
+
+def test_layer_densities_picks_rigl_erk_and_works_without_history(tmp_path):
+    runs = report.collect_runs(sweep(tmp_path))
+    chosen = report.representative_run(runs)
+    assert (chosen["method"], chosen["distribution"], chosen["density"], chosen["seed"]) == \
+        ("rigl", "erk", 0.1, 0)
+    old = report.run_record(fake_run(tmp_path, "old", "set", "erk", 0.1, 0, 91.0, history=None))
+    assert_png(report.plot_layer_densities(old, tmp_path / "old.png"))
+
+
+def test_nothing_to_plot_returns_none(tmp_path):
+    dense = report.aggregate([report.run_record(fake_run(tmp_path, "dense", "dense", "erk", 0.1, 0, 93.0))])
+    assert report.plot_accuracy_vs_density([], tmp_path / "a.png") is None
+    assert report.plot_accuracy_vs_density(dense, tmp_path / "a.png") is None
+    no_flops = [{**g, "train_flops_ratio": None} for g in dense]
+    assert report.plot_accuracy_vs_flops(no_flops, tmp_path / "b.png") is None
+    old = report.run_record(fake_run(tmp_path, "old", "rigl-sm", "erk", 0.1, 0, 92.0, history=None, layers={}))
+    assert report.plot_density_over_training(old, tmp_path / "c.png") is None
+    assert report.plot_layer_densities(old, tmp_path / "d.png") is None
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_no_finished_runs_is_an_error(tmp_path):
+    unfinished_run(tmp_path, "running")
+    with pytest.raises(ValueError, match=rf"no finished runs \(summary.json\) under {tmp_path}$"):
+        report.make_report(tmp_path, Console(file=io.StringIO()))
+
+
+def test_report_refuses_to_pool_runs_that_differ_beyond_the_seed(tmp_path):
+    a = fake_run(tmp_path, "a", "rigl", "erk", 0.1, 0, 92.0)
+    fake_run(tmp_path, "b", "rigl", "erk", 0.1, 1, 92.5)
+    config = json.loads((a / "config.json").read_text())
+    config["train"]["epochs"] = 2
+    (a / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"would share a row but differ in train.epochs 2 vs 250"):
+        report.aggregate(report.collect_runs(tmp_path))
+    config["train"]["epochs"] = 250
+    (a / "config.json").write_text(json.dumps(config))
+    fake_run(tmp_path, "c", "rigl", "erk", 0.1, 1, 91.0)
+    with pytest.raises(ValueError, match="seed 1 is run more than once in one row"):
+        report.aggregate(report.collect_runs(tmp_path))
+
+
+def test_damaged_run_files_are_named(tmp_path):
+    run = fake_run(tmp_path, "a", "rigl", "erk", 0.1, 0, 92.0)
+    (run / "summary.json").write_text("{ not json")
+    with pytest.raises(ValueError, match=f"{run / 'summary.json'} is not readable JSON"):
+        report.collect_runs(tmp_path)
+    (run / "summary.json").write_text(json.dumps({"something": "else"}))
+    with pytest.raises(ValueError, match="is not a run's summary"):
+        report.collect_runs(tmp_path)
+
+
+def test_methods_are_written_as_the_report_writes_them():
+    assert {m: report.method_name(m) for m in get_args(Method)} == {
+        "dense": "Dense", "small-dense": "Small-Dense", "static": "Static", "set": "SET", "rigl": "RigL",
+        "snfs": "SNFS", "pruning": "Pruning", "lottery": "Lottery", "rigl-sg": "RigL-SG", "rigl-sm": "RigL-SM"}

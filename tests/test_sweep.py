@@ -1,0 +1,72 @@
+"""`python rigl.py sweep` (rigl_harness/sweep.py): cells, names, resume, refusals."""
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO, cli, read_jsonl, wait_for_first_epoch
+
+
+# --- `python rigl.py sweep` ---------------------------------------------
+
+
+SWEEP_SMOKE = ["--dataset", "synthetic", "--model", "wrn-10-1", "--train-subset", "512", "--val-size", "256",
+               "--batch-size", "64", "--update-intervals", "4"]
+
+
+def test_sweep_lists_its_cells_and_names_them_readably(tmp_path):
+    result = cli("sweep", str(tmp_path), "--methods", "dense,rigl,pruning,lottery", "--densities", "0.1,0.2",
+                 "--distributions", "erk,uniform", "--seeds", "0,1", "--dry-run", *SWEEP_SMOKE)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 + 3 * 8  # dense once per seed; 2 densities × 2 distributions × 2 seeds each
+    assert lines[0].endswith("pruning-erk-d0.1-x1.0-dt4-s0: new")  # pruning runs before its lottery
+    assert any(line.endswith("dense-x1.0-dt4-s1: new") for line in lines)
+    assert not any(tmp_path.iterdir())  # a dry run trains nothing
+    bad = cli("sweep", str(tmp_path), "--methods", "rigl,lottery", "--dry-run", *SWEEP_SMOKE)
+    assert bad.returncode == 2 and "add pruning to --methods" in bad.stdout
+
+
+def test_sweep_skips_finished_cells_and_resumes_a_killed_one(tmp_path):
+    args = [sys.executable, "rigl.py", "sweep", str(tmp_path), "--methods", "static,set", *SWEEP_SMOKE,
+            "--epochs", "3"]
+    first, second = tmp_path / "static-erk-d0.1-x1.0-dt4-s0", tmp_path / "set-erk-d0.1-x1.0-dt4-s0"
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_first_epoch(process, second)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (first / "summary.json").exists() and not (second / "summary.json").exists()
+    finished_first = (first / "summary.json").read_text()
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"{first.name}: done" in again.stdout and f"{second.name}: resume" in again.stdout
+    assert (first / "summary.json").read_text() == finished_first  # untouched
+    assert len(read_jsonl(second / "metrics.jsonl")) == 3 and (second / "summary.json").exists()
+    report_run = cli("report", str(tmp_path))
+    assert report_run.returncode == 0, report_run.stderr
+    assert "Static (ERK)" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "figures" / "accuracy_vs_density.png").stat().st_size > 5000
+    assert cli("report", str(tmp_path / "nothing-here")).returncode == 2
+
+
+def test_a_sweep_refuses_cells_trained_with_other_settings(tmp_path):
+    base = ["sweep", str(tmp_path), "--methods", "static", *SWEEP_SMOKE]
+    first = cli(*base, "--epochs", "1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    again = cli(*base, "--epochs", "2", "--lr", "0.05")
+    message = " ".join(again.stdout.split())
+    assert again.returncode == 2 and "static-erk-d0.1-x1.0-dt4-s0 holds a run with other settings" in message
+    assert "epochs (run has 1, asked for 2)" in message and "lr (run has 0.1, asked for 0.05)" in message
+    assert cli(*base, "--epochs", "1").returncode == 0  # the same settings: done, nothing to do
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--densities", "abc"], "--densities takes comma-separated float values"),
+    (["--methods", ""], "--methods needs at least one value"),
+    (["--density", "0.2"], "sweep sets --density for each cell"),
+])
+def test_bad_sweep_grids_get_one_line(tmp_path, args, message):
+    result = cli("sweep", str(tmp_path), "--dry-run", *args)
+    assert result.returncode == 2 and message in " ".join(result.stdout.split()), result.stdout

@@ -1,0 +1,383 @@
+"""Training with RigL: the recipes, a run's parts, and one visible training loop.
+
+Run:       python rigl.py train --density 0.1     (CIFAR-10, WRN-22-2, RigL, ERK, 250 epochs)
+Recipes:   CIFAR follows the report (Sundar & Dwaraknath, ReScience C 7(2), 2021, Sec. 3 and its
+           code, "RR"); ImageNet follows the paper (Evci et al., ICML 2020, Sec. 4.1).
+
+The file reads: the recipe (TrainConfig, RECIPES, the learning-rate schedule, SGD); a run's parts
+(Run, build_run); the loop (train: epochs, and in each the steps); evaluation and the end of an
+epoch; start_run, which creates or resumes a run directory and trains. The algorithm is rigl.py;
+data, run directories, torchrun and the terminal are in the rigl_harness package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Literal, get_args
+
+import torch
+from torch import nn
+
+import flops
+from models import DATASET_SHAPES, build_model, small_dense_width
+from rigl import DROP_AND_GROW, REPORT_STEPS, Sparsity, SparsityConfig, cosine_drop_fraction, masked_weights
+from rigl_harness import distributed, runs, terminal
+from rigl_harness.data import Data, batches, load_data, train_batch_count
+
+Dataset = Literal["cifar10", "cifar100", "imagenet", "synthetic"]
+Precision = Literal["fp32", "bf16", "fp16"]
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""The dtype each precision autocasts the forward pass to; fp32 runs without autocast."""
+INTEGER_FIELDS = {"epochs": 1, "batch_size": 1, "val_size": 0, "train_subset": 0, "workers": 0,
+                  "accumulate": 1, "seed": 0}
+"""TrainConfig's integer fields (below) and the smallest value each may take."""
+NUMBER_FIELDS = {
+    "multiplier": ("multiplier > 0", lambda v: 0 < v < math.inf),
+    "lr": ("lr > 0", lambda v: 0 < v < math.inf),
+    "lr_gamma": ("lr_gamma > 0", lambda v: 0 < v < math.inf),
+    "weight_decay": ("weight_decay >= 0", lambda v: 0 <= v < math.inf),
+    "momentum": ("momentum >= 0 and <= 1", lambda v: 0 <= v <= 1),
+    "label_smoothing": ("label_smoothing >= 0 and <= 1", lambda v: 0 <= v <= 1),
+    "warmup": ("warmup >= 0 and <= 1", lambda v: 0 <= v <= 1),
+}
+"""TrainConfig's real-valued fields: the rule each must satisfy, as the error states it."""
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Fields left at None take the dataset's recipe (RECIPES below)."""
+
+    model: str | None = None
+    """Network from models.py: wrn-D-K, resnet50-cifar or resnet50. Recipe: wrn-22-2 (CIFAR-10),
+    resnet50-cifar (CIFAR-100), resnet50 (ImageNet), wrn-10-1 (synthetic)."""
+    dataset: Dataset = "cifar10"
+    """cifar10 | cifar100 | imagenet (an ImageFolder tree with train/ and val/) | synthetic."""
+    data_dir: str = "data"
+    """Directory holding (or receiving) the dataset."""
+    epochs: int | None = None
+    """Epochs at 1×. Recipe: 250 (CIFAR, report), 100 (ImageNet, paper), 5 (synthetic)."""
+    multiplier: float = 1.0
+    """Train N× longer: epochs, learning-rate milestones and T_end all scale (report's RigL 2×)."""
+    batch_size: int | None = None
+    """Recipe: 128 (CIFAR, report), 256 (ImageNet)."""
+    lr: float | None = None
+    """Peak learning rate. Recipe: 0.1 (CIFAR, report); 0.1 per 256 images (ImageNet, paper)."""
+    momentum: float = 0.9
+    """Nesterov momentum of SGD (report)."""
+    weight_decay: float | None = None
+    """L2 on parameters with ndim > 1 only. Recipe: 5e-4 (CIFAR-10), 1e-4 (CIFAR-100, ImageNet)."""
+    label_smoothing: float | None = None
+    """Recipe: 0 (CIFAR-10), 0.1 (CIFAR-100, ImageNet)."""
+    warmup: float | None = None
+    """Linear warm-up as a fraction of training. Recipe: 0; CIFAR-100 1,760 of 87,891 steps (RR)."""
+    lr_milestones: tuple[float, ...] | None = None
+    """Fractions of training at which lr is multiplied by lr_gamma. Recipe: every 30,000 of the
+    report's 87,891 steps (CIFAR-10), every 20,000 (CIFAR-100), epochs 30/70/90 of 100 (ImageNet)."""
+    lr_gamma: float | None = None
+    """Learning-rate decay factor. Recipe: 0.2 (CIFAR, report), 0.1 (ImageNet)."""
+    val_size: int = 5000
+    """Training images held out for validation (report: 5,000); 0 trains on all 50k (paper Table 1)."""
+    train_subset: int = 0
+    """Train on the first N training images (0: all); for synthetic, the generated training set size."""
+    seed: int = 0
+    """Seeds the initialisation, data order, augmentation and masks."""
+    device: str = "auto"
+    """auto (CUDA when available) | cpu | cuda | cuda:N."""
+    precision: Precision = "fp32"
+    """fp32 | bf16 | fp16: autocast of the forward pass; fp16 adds a gradient scaler."""
+    accumulate: int = 1
+    """Gradient accumulation: one optimizer step every N micro-batches of --batch-size; ΔT, T_end
+    and the learning-rate schedule count optimizer steps, and growth sees the accumulated gradient."""
+    workers: int = 8
+    """DataLoader worker processes for ImageNet (CIFAR is held in memory and needs none)."""
+    mask_from: str | None = None
+    """Lottery only: a finished run's directory (a pruning run) whose final masks and initial
+    weights are retrained with a static mask (Frankle & Carbin 2019; report Sec. 4)."""
+
+    def __post_init__(self) -> None:
+        for field, choices in (("dataset", Dataset), ("precision", Precision)):
+            if getattr(self, field) not in get_args(choices):
+                raise ValueError(f"{field} must be one of {' | '.join(get_args(choices))}, "
+                                 f"got {getattr(self, field)!r}")
+        for field, low in INTEGER_FIELDS.items():
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, int) or not low <= value < 2**63):
+                raise ValueError(f"{field} must be an integer >= {low} (and < 2**63), got {value!r}")
+        for field, (rule, within) in NUMBER_FIELDS.items():
+            value = getattr(self, field)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not within(value)):
+                raise ValueError(f"{field} must satisfy {rule}, got {value!r}")
+        if self.epochs is not None and round(self.epochs * self.multiplier) < 1:
+            raise ValueError(f"--epochs {self.epochs} × --multiplier {self.multiplier} rounds to no epoch at all")
+        if self.lr_milestones is not None:
+            self.lr_milestones = tuple(self.lr_milestones)
+            if not all(0 < m < 1 for m in self.lr_milestones):
+                raise ValueError(f"lr_milestones must be fractions in (0, 1), got {self.lr_milestones}")
+
+
+def _every(interval: int, total: int = REPORT_STEPS) -> tuple[float, ...]:
+    """Milestones 'every `interval` steps' of the report's run, as fractions of training."""
+    return tuple(m / total for m in range(interval, total, interval))
+
+
+RECIPES: dict[str, dict] = {
+    "cifar10": dict(model="wrn-22-2", epochs=250, batch_size=128, lr=0.1, weight_decay=5e-4,
+                    label_smoothing=0.0, warmup=0.0, lr_milestones=_every(30_000), lr_gamma=0.2),
+    "cifar100": dict(model="resnet50-cifar", epochs=250, batch_size=128, lr=0.1, weight_decay=1e-4,
+                     label_smoothing=0.1, warmup=1760 / REPORT_STEPS, lr_milestones=_every(20_000),
+                     lr_gamma=0.2),
+    "imagenet": dict(model="resnet50", epochs=100, batch_size=256, lr=None, weight_decay=1e-4,
+                     label_smoothing=0.1, warmup=0.0, lr_milestones=(0.3, 0.7, 0.9), lr_gamma=0.1),
+    "synthetic": dict(model="wrn-10-1", epochs=5, batch_size=128, lr=0.1, weight_decay=5e-4,
+                      label_smoothing=0.0, warmup=0.0, lr_milestones=_every(30_000), lr_gamma=0.2),
+}
+
+
+def resolve_recipe(cfg: TrainConfig) -> TrainConfig:
+    """Fill every None field from the dataset's recipe; ImageNet's lr is 0.1 × batch / 256."""
+    values = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    for field, default in RECIPES[cfg.dataset].items():
+        if values[field] is None:
+            values[field] = default
+    if values["lr"] is None:
+        values["lr"] = 0.1 * values["batch_size"] / 256
+    return replace(cfg, **values)
+
+
+def lr_factor(step: int, total_steps: int, warmup: float, milestones: tuple[float, ...],
+              gamma: float) -> float:
+    """Linear warm-up over the first `warmup` of training, then ×gamma at every milestone passed."""
+    warm = warmup * total_steps
+    if step < warm:
+        return (step + 1) / warm
+    return gamma ** sum(step >= m * total_steps for m in milestones)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with Nesterov momentum; weight decay only on parameters with ndim > 1 (report)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's parts
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class Run:
+    """Everything a training run holds; build_run makes it, and a checkpoint saves all of it
+    (rigl_harness/runs.py: checkpoint, restore)."""
+
+    cfg: TrainConfig  # resolved
+    sparse_cfg: SparsityConfig
+    data: Data
+    device: torch.device
+    model: nn.Module
+    ddp_model: nn.Module  # the model's DistributedDataParallel wrapper under torchrun, else the model
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    sparsity: Sparsity
+    generator: torch.Generator  # data order and augmentation
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int
+    epochs: int
+    tally: flops.FlopTally  # training FLOPs so far
+    dense_macs: dict  # dense multiply-adds per masked layer and sample
+    f_dense: float  # forward FLOPs per sample of the dense network (paper's count)
+    f_sparse: float = 0.0  # forward FLOPs per sample with the current masks
+    epoch: int = 0  # epochs finished
+    step: int = 0  # training steps taken (a mask update is one, in place of the optimizer step)
+    elapsed: float = 0.0  # seconds of training
+    history: list = dataclasses.field(default_factory=list)  # metrics.jsonl: one record per epoch
+    layer_history: list = dataclasses.field(default_factory=list)  # densities.jsonl: at epoch 0 and after each
+
+
+def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
+    """Data, model, optimizer, learning-rate schedule and masks of a resolved configuration."""
+    device = distributed.pick_device(cfg.device)
+    if (sparse_cfg.method == "lottery") != (cfg.mask_from is not None):
+        raise ValueError("method lottery needs --mask-from RUN_DIR, and --mask-from needs method lottery")
+    data = load_data(cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.val_size, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    width = small_dense_width(cfg.model, data.num_classes, sparse_cfg) if sparse_cfg.method == "small-dense" else 1.0
+    model = build_model(cfg.model, num_classes=data.num_classes, width_scale=width).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    # one optimizer step per --accumulate micro-batches; ×N epochs for N× longer training
+    steps_per_epoch = math.ceil(train_batch_count(data, cfg.batch_size) / cfg.accumulate)
+    epochs = round(cfg.epochs * cfg.multiplier)  # at least 1 (TrainConfig checks it)
+    total = steps_per_epoch * epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, cfg.warmup, cfg.lr_milestones, cfg.lr_gamma))
+    sparsity = Sparsity(model, optimizer, sparse_cfg, total_steps=total)
+    if sparse_cfg.method == "lottery":  # the initial weights and final masks of --mask-from
+        init, masks = runs.read_ticket(Path(cfg.mask_from), cfg.model, cfg.dataset)
+        model.load_state_dict(init)
+        sparsity.set_masks(masks)
+    data.to(device)
+    dense_macs, f_dense = dense_flops(cfg, data.num_classes, model, list(sparsity.weights), width)
+    run = Run(cfg=cfg, sparse_cfg=sparse_cfg, data=data, device=device, model=model,
+              ddp_model=distributed.wrap(model, device), optimizer=optimizer, scheduler=scheduler,
+              sparsity=sparsity, generator=torch.Generator(device=device).manual_seed(cfg.seed),
+              scaler=torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
+              steps_per_epoch=steps_per_epoch, epochs=epochs, tally=flops.FlopTally(),
+              dense_macs=dense_macs, f_dense=f_dense,
+              layer_history=[{"epoch": 0, "densities": sparsity.densities()}])
+    run.f_sparse = forward_flops(run)
+    return run
+
+
+def dense_flops(cfg: TrainConfig, num_classes: int, model: nn.Module, names: list[str],
+                width: float) -> tuple[dict, float]:
+    """The dense multiply-adds of each masked layer of `model`, and f_D, the forward FLOPs of the
+    full-width dense network (Small-Dense is compared with the network it stands in for)."""
+    size = DATASET_SHAPES[cfg.dataset][1]
+    macs = full_macs = flops.dense_layer_macs(model, names, size)
+    if width != 1.0:
+        with torch.random.fork_rng():  # the training's random numbers stay those of a run without it
+            full = build_model(cfg.model, num_classes)
+        full_macs = flops.dense_layer_macs(full, list(masked_weights(full)), size)
+    return macs, flops.PAPER_FLOPS_PER_MAC * sum(full_macs.values())
+
+
+def forward_flops(run: Run) -> float:
+    """f_S of the current masks, per sample, in the paper's convention (flops.py)."""
+    return flops.PAPER_FLOPS_PER_MAC * flops.sparse_forward_macs(run.dense_macs, run.sparsity.densities())
+
+
+def autocast(run: Run):
+    """Mixed precision of the forward pass (--precision); fp32 disables it."""
+    dtype = AUTOCAST[run.cfg.precision]
+    return torch.autocast(run.device.type, dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop
+# ---------------------------------------------------------------------------------------------
+
+
+def train(run: Run, out: Path, console) -> dict:
+    """Per epoch: the steps, then evaluation, one metrics line and a checkpoint. Per step: forward,
+    backward, the mask update on update steps in place of the optimizer step, masks re-applied."""
+    model, optimizer, sparsity, cfg = run.model, run.optimizer, run.sparsity, run.cfg
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    micro_batches = train_batch_count(run.data, cfg.batch_size)
+    model.train()
+    for epoch in range(run.epoch + 1, run.epochs + 1):
+        started, losses, regrown, samples = time.perf_counter(), [], 0, 0
+        data = batches(run.data, run.data.train, cfg.batch_size, run.device, run.generator, epoch - 1,
+                       cfg.seed, cfg.workers)  # shuffled, and augmented on the device
+        with terminal.epoch_progress(run, epoch, console) as show_progress:
+            for i, (x, y, count) in enumerate(data):
+                # forward and backward; --accumulate N adds up the gradients of N micro-batches
+                with autocast(run):
+                    loss = criterion(run.ddp_model(x), y) / micro_batches_in_step(i, cfg.accumulate, micro_batches)
+                run.scaler.scale(loss).backward()          # fp16 scales the loss; otherwise a no-op
+                losses.append(loss.detach())
+                samples += count
+                if (i + 1) % cfg.accumulate and i + 1 < micro_batches:
+                    continue
+                # RigL: on update steps, dropping and growing replace the optimizer step
+                run.scaler.unscale_(optimizer)             # the mask update ranks the true gradients
+                mask_update = sparsity.replaces_optimizer_step()
+                if not mask_update:
+                    run.scaler.step(optimizer)             # skipped by fp16 when gradients overflowed
+                run.scaler.update()
+                sparsity.apply_masks()                     # masked weights back to exactly 0
+                optimizer.zero_grad(set_to_none=True)
+                run.scheduler.step()
+                run.step += 1
+                run.tally.add(run.f_sparse, run.f_dense,  # the step's FLOPs, with a dense gradient if paid
+                              flops.pays_dense_gradient(run.sparse_cfg.method, mask_update), samples)
+                if sparsity.masks_changed:  # SNFS, RigL-SG/SM and pruning change layer densities
+                    run.f_sparse = forward_flops(run)
+                regrown, samples = regrown + (sparsity.last_update["grown"] if mask_update else 0), 0
+                show_progress(loss)
+        run.epoch, run.elapsed = epoch, run.elapsed + time.perf_counter() - started
+        end_epoch(run, out, console, losses, regrown)
+    return runs.finish(run, out)
+
+
+def micro_batches_in_step(i: int, accumulate: int, micro_batches: int) -> int:
+    """How many micro-batches the optimizer step of micro-batch i adds up: --accumulate, or fewer
+    for the epoch's last step; each loss is divided by it, so a step sees their mean gradient."""
+    first = i - i % accumulate
+    return min(accumulate, micro_batches - first)
+
+
+@torch.no_grad()
+def evaluate(run: Run, split) -> float | None:
+    """Top-1 accuracy (%) on a split; None when there is no such split. Batches of the training
+    batch size: on a CPU, batches of 1,000 images ran 2.5x slower than batches of 100."""
+    if split is None:
+        return None
+    run.model.eval()
+    correct = total = 0
+    for x, y, _ in batches(run.data, split, run.cfg.batch_size, run.device, workers=run.cfg.workers):
+        with autocast(run):
+            correct += int((run.model(x).argmax(1) == y).sum())
+        total += len(y)
+    run.model.train()
+    return 100.0 * correct / total
+
+
+def end_epoch(run: Run, out: Path, console, losses: list, regrown: int) -> None:
+    """Evaluate, print and record the finished epoch's metrics line, and save the checkpoint; under
+    torchrun by rank 0 only, once every rank has checked that they agree. A run whose training
+    loss is not finite stops here, its last good checkpoint kept."""
+    # the mean training loss of a step: each micro-batch's loss is already divided by its step's count
+    train_loss = float(functools.reduce(torch.add, losses, torch.zeros((), device=run.device))) / run.steps_per_epoch
+    dynamic = run.sparse_cfg.method in DROP_AND_GROW
+    alpha = cosine_drop_fraction(run.step, run.sparse_cfg.drop_fraction, run.sparsity.t_end)
+    record = {"epoch": run.epoch, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
+              "train_loss": train_loss if math.isfinite(train_loss) else None, "val_acc": evaluate(run, run.data.val),
+              "test_acc": evaluate(run, run.data.test), "drop_fraction": alpha if dynamic else 0.0,
+              "regrown": regrown, "elapsed": round(run.elapsed, 3)}
+    run.history.append(record)
+    run.layer_history.append({"epoch": run.epoch, "densities": run.sparsity.densities()})
+    console.print(terminal.format_record(record), soft_wrap=True, highlight=False)
+    if not math.isfinite(train_loss):  # the metrics line (train_loss null) is kept, not the checkpoint
+        raise runs.diverged(run, out, losses)
+    distributed.check_ranks_agree(run.sparsity, run.epoch)
+    if distributed.is_main_process():
+        runs.save_epoch(out, runs.checkpoint(run), run.history, run.layer_history)
+
+
+# ---------------------------------------------------------------------------------------------
+# A run directory: python rigl.py train --density 0.1
+# ---------------------------------------------------------------------------------------------
+
+
+def start_run(cfg: TrainConfig, sparse_cfg: SparsityConfig, out: Path, resume: bool, console) -> dict:
+    """Create or resume the run directory `out` of a resolved configuration and train, holding its
+    lock (under torchrun every process trains; rank 0 locks, prints and writes)."""
+    out, sparse_cfg = Path(out), replace(sparse_cfg, seed=cfg.seed)  # one seed for the run and its masks
+    config = runs.run_config(cfg, sparse_cfg)
+    distributed.init(cfg.device)
+    main = distributed.is_main_process()
+    with runs.locked(out) if main else contextlib.nullcontext():
+        runs.check_out_dir(out, config, resume)
+        run = build_run(cfg, sparse_cfg)
+        console = console if main else terminal.silent_console()  # one rank speaks and writes
+        if resume:
+            runs.restore(run, runs.load_checkpoint(out, run.device))
+            run.f_sparse = forward_flops(run)
+            console.print(f"resumed {out} at epoch {run.epoch}, step {run.step}")
+        elif main:
+            runs.start(out, config, run.model.state_dict())
+        terminal.print_start(run, config, console)
+        summary = train(run, out, console)
+    terminal.print_done(summary, out, console)
+    return summary
