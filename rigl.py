@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -106,7 +107,7 @@ class SparsityConfig:
         _check_range("drop_fraction", self.drop_fraction, 0.0, 1.0, "0 <= drop_fraction <= 1")
         _check_range("t_end", self.t_end, 0.0, 1.0, "0 < t_end <= 1", low_open=True)
         _check_range("t_start", self.t_start, 0.0, self.t_end, "0 <= t_start <= t_end")
-        _check_range("erk_power_scale", self.erk_power_scale, 0.0, math.inf, "erk_power_scale >= 0")
+        _check_range("erk_power_scale", self.erk_power_scale, 0.0, sys.float_info.max, "0 <= erk_power_scale < inf")
         if isinstance(self.update_interval, bool) or not isinstance(self.update_interval, int) \
                 or self.update_interval < 1:
             raise ValueError(f"update_interval must be an integer >= 1, got {self.update_interval!r}")
@@ -169,7 +170,11 @@ def erdos_renyi_densities(shapes: dict[str, torch.Size], density: float, kernel:
         if not sparse:
             return {name: 1.0 for name in shapes}
         # Σ_{l dense} n_l + ε Σ_{l sparse} score_l n_l = d Σ_l n_l
-        eps = (budget - sum(numel[n] for n in dense)) / sum(score[n] * numel[n] for n in sparse)
+        weighted = sum(score[n] * numel[n] for n in sparse)
+        if not 0 < weighted < math.inf:  # a large power_scale underflows (or overflows) every score
+            raise ValueError(f"erk_power_scale {power_scale} takes the ERK scores of the sparse layers out of "
+                             f"floating point range ({weighted}); use a smaller one (1.0 in the paper)")
+        eps = (budget - sum(numel[n] for n in dense)) / weighted
         top = max(score[n] for n in sparse)
         if eps * top <= 1.0:
             return {name: 1.0 if name in dense else eps * score[name] for name in shapes}
@@ -416,6 +421,10 @@ class Sparsity:
             self.masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in self.weights.items()
                           if name not in self.dense_layers}
         self.t_start = int(config.t_start * total_steps)
+        if config.method == "pruning" and self.t_end <= self.t_start:
+            raise ValueError(f"pruning never prunes: its start (step {self.t_start}, t_start {config.t_start:g}) is "
+                             f"not before T_end (step {self.t_end}, t_end {config.t_end:g}) of {total_steps} steps; "
+                             f"lengthen the run or move t_start and t_end apart")
         self.masks_changed = False
         self.apply_masks()
         self._log_dense_choice()

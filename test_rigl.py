@@ -105,6 +105,22 @@ def test_erk_power_scale_changes_erk_and_leaves_er_alone():
     assert max(eps) - min(eps) < 1e-9 * max(eps)  # d_l = ε · score_l^0.5
 
 
+def test_an_erk_power_scale_that_underflows_every_score_is_refused():
+    """A large power takes every ERK score to 0 in floating point: refused by name, not a division by zero."""
+    cfg = SparsityConfig(density=0.1, erk_power_scale=200)
+    with pytest.raises(ValueError, match="erk_power_scale 200 takes the ERK scores of the sparse layers out of"):
+        rigl.distribute_density(wrn_shapes(), cfg, dense_layers=())
+
+
+def test_pruning_without_a_pruning_step_is_refused():
+    """Gradual pruning prunes in (t_start, T_end]: a schedule with no step there would train the
+    dense network and call it pruned."""
+    for config, total_steps in ((SparsityConfig(method="pruning", t_start=0.5, t_end=0.5), 100),
+                                (SparsityConfig(method="pruning"), 1)):
+        with pytest.raises(ValueError, match="pruning never prunes"):
+            Sparsity(small_net(), None, config, total_steps)
+
+
 @pytest.mark.parametrize("density, expected_shortcuts", [(0.2, 3), (0.1, 2)])
 def test_erk_dense_layers_of_wrn_22_2_are_the_reference_ones(density, expected_shortcuts):
     """TF's get_sparsities_erdos_renyi on WRN-22-2: at d = 0.2 conv1, all three 1x1 shortcuts and the
@@ -713,6 +729,8 @@ def test_load_state_dict_refuses_masks_of_another_kind_or_count(damage, message)
     ("drop_fraction", -0.1, "drop_fraction must satisfy 0 <= drop_fraction <= 1"),
     ("drop_fraction", 1.1, "drop_fraction must satisfy 0 <= drop_fraction <= 1"),
     ("t_end", 0.0, "t_end must satisfy 0 < t_end <= 1"),
+    ("erk_power_scale", math.inf, "erk_power_scale must satisfy 0 <= erk_power_scale < inf"),
+    ("erk_power_scale", math.nan, "erk_power_scale must satisfy 0 <= erk_power_scale < inf"),
 ])
 def test_bad_configuration_names_the_field_and_range(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -217,15 +217,14 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
     optimizer = make_optimizer(model, cfg)
     # one optimizer step per --accumulate micro-batches; ×N epochs for N× longer training
     steps_per_epoch = math.ceil(train_batch_count(data, cfg.batch_size) / cfg.accumulate)
+    check_steps(cfg, data, steps_per_epoch)
     epochs = round(cfg.epochs * cfg.multiplier)  # at least 1 (TrainConfig checks it)
     total = steps_per_epoch * epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total, cfg.warmup, cfg.lr_milestones, cfg.lr_gamma))
     sparsity = Sparsity(model, optimizer, sparse_cfg, total_steps=total)
-    if sparse_cfg.method == "lottery":  # the initial weights and final masks of --mask-from
-        init, masks = runs.read_ticket(Path(cfg.mask_from), cfg.model, cfg.dataset)
-        model.load_state_dict(init)
-        sparsity.set_masks(masks)
+    if sparse_cfg.method == "lottery":
+        apply_ticket(cfg, sparse_cfg, model, sparsity)
     data.to(device)
     dense_macs, f_dense = dense_flops(cfg, data.num_classes, model, list(sparsity.weights), width)
     run = Run(cfg=cfg, sparse_cfg=sparse_cfg, data=data, device=device, model=model,
@@ -237,6 +236,34 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
               layer_history=[{"epoch": 0, "densities": sparsity.densities()}])
     run.f_sparse = forward_flops(run)
     return run
+
+
+def check_steps(cfg: TrainConfig, data: Data, steps_per_epoch: int) -> None:
+    """Refuse a run in which some process would take no training step: under torchrun every rank
+    needs at least one image of each --batch-size, and an epoch needs at least one batch."""
+    ranks = distributed.world()[1]
+    if cfg.batch_size < ranks:
+        raise ValueError(f"--batch-size {cfg.batch_size} is smaller than the {ranks} torchrun processes: "
+                         f"each needs at least one image per step")
+    if steps_per_epoch < 1:
+        raise ValueError(f"{data.num_train} training images (--train-subset {cfg.train_subset}, --val-size "
+                         f"{cfg.val_size}) make no batch of --batch-size {cfg.batch_size} on {ranks} process(es)")
+
+
+def apply_ticket(cfg: TrainConfig, sparse_cfg: SparsityConfig, model: nn.Module, sparsity: Sparsity) -> None:
+    """Lottery: the initial weights and final masks of --mask-from, which must give the density of
+    that run's final masks (its summary.json) at the --density asked for (runs.read_ticket)."""
+    init, masks, final_density = runs.read_ticket(Path(cfg.mask_from), cfg.model, cfg.dataset, sparse_cfg.density)
+    try:
+        model.load_state_dict(init)
+        sparsity.set_masks(masks)
+    except (RuntimeError, ValueError, AttributeError) as error:
+        raise runs.UsageError(f"--mask-from {cfg.mask_from}: its init.pt or masks do not fit {cfg.model} "
+                              f"({type(error).__name__})") from None
+    density = sparsity.total_row()["density"]
+    if abs(density - final_density) > 1e-9:
+        raise runs.UsageError(f"--mask-from {cfg.mask_from}: its checkpoint's masks have density {density:.4f}, "
+                              f"not the {final_density:.4f} of its summary.json: they are not its final masks")
 
 
 def dense_flops(cfg: TrainConfig, num_classes: int, model: nn.Module, names: list[str],

@@ -25,6 +25,13 @@ class BenchModel(NamedTuple):
 MODELS = {"wrn-22-2": BenchModel("cifar10", 128, 16), "resnet50": BenchModel("imagenet", 32, 8)}
 """The models that bench times, training and inference."""
 
+TIMED = ("static",) + DROP_AND_GROW
+"""The methods a step of which bench times as they train: masks fixed, or dropped and regrown every ΔT."""
+UNTIMED = {"small-dense": "its network is narrower, and bench builds the full width",
+           "pruning": "its masks shrink on a schedule that a ΔT window does not sample",
+           "lottery": "it needs a pruning run's masks, and bench would time a random static mask"}
+"""Why bench refuses the other methods (dense is the baseline of every row)."""
+
 T = TypeVar("T")
 
 
@@ -116,6 +123,9 @@ def bench_rows(names: list[str], methods: list[str], density: float, update_inte
     """compare() for every model; bad values are refused before anything is timed."""
     for method in methods:
         SparsityConfig(method=method, density=density, update_interval=update_interval)  # clear errors
+        if method not in TIMED:
+            raise ValueError(f"bench cannot time --methods {method}: {UNTIMED.get(method, 'it is the baseline')}; "
+                             f"it times {', '.join(TIMED)}")
     unknown = [n for n in names if n not in MODELS]
     if unknown or not names or not methods:
         raise ValueError(f"--models takes some of {', '.join(MODELS)} and --methods at least one "

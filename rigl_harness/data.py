@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from models import DATASET_SHAPES
 from rigl_harness import distributed
 
 
@@ -51,13 +52,22 @@ def load_data(dataset: str, data_dir: str, train_subset: int, val_size: int, see
         images, labels, test = synthetic_images(train_subset or 5000, val_size, seed)
     else:
         images, labels, test = cifar_images(dataset, data_dir)
+    check_val_size(val_size, len(labels), dataset)
     val_idx, train_idx = split_indices(len(labels), val_size, 0 if dataset == "synthetic" else train_subset)
     train = (images[train_idx], labels[train_idx])
     val = (images[val_idx], labels[val_idx]) if val_size else None
     pixels = train[0].float()
-    return Data(train, val, test, int(labels.max()) + 1, pixels.mean((0, 2, 3)).view(1, 3, 1, 1),
+    # the dataset's classes, not those a small --train-subset happens to hold: the test set has them all
+    return Data(train, val, test, DATASET_SHAPES[dataset][0], pixels.mean((0, 2, 3)).view(1, 3, 1, 1),
                 pixels.std((0, 2, 3)).view(1, 3, 1, 1),
                 random_resized_crop_flip if dataset == "cifar100" else pad_crop_flip)
+
+
+def check_val_size(val_size: int, n: int, dataset: str) -> None:
+    """--val-size must leave training images: it holds out the first val_size of the n."""
+    if val_size >= n:
+        raise ValueError(f"--val-size {val_size} holds out all {n:,} training images of {dataset}: "
+                         f"nothing is left to train on (use fewer, or 0)")
 
 
 def split_indices(n: int, val_size: int, train_subset: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,6 +98,7 @@ def image_folder_data(data_dir: str, train_subset: int, val_size: int) -> Data:
         only = sorted(set(train.classes) ^ set(test.classes))[:5]
         raise DataUnavailable(f"{root}: train/ and val/ hold different classes ({len(train.classes)} and "
                               f"{len(test.classes)}; in one only: {', '.join(only)}), so labels would not match")
+    check_val_size(val_size, len(train), "the ImageNet folder")
     val_idx, train_idx = split_indices(len(train), val_size, train_subset)
     val = torch.utils.data.Subset(held, val_idx.tolist()) if val_size else None
     return Data(torch.utils.data.Subset(train, train_idx.tolist()), val, test, len(train.classes))

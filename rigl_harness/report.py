@@ -15,7 +15,9 @@ without figures does not pay for it.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import get_args
@@ -24,7 +26,7 @@ from rich.table import Table
 
 from flops import NO_DISTRIBUTION
 from rigl import CHANGES_EVERY_INTERVAL, DROP_AND_GROW, UNMASKED, Method, SparsityConfig
-from rigl_harness.runs import MAY_DIFFER, read_json
+from rigl_harness.runs import atomic_write, may_differ, read_config, read_json, write_text
 
 SPELLING = {"rigl": "RigL", "set": "SET", "snfs": "SNFS", "sg": "SG", "sm": "SM"}
 """The words of method names that the report does not write capitalised: "rigl-sg" -> "RigL-SG"."""
@@ -54,9 +56,8 @@ def find_run_dirs(root) -> tuple[list[Path], list[Path]]:
 
 def config_record(path) -> dict:
     """What a run directory's config.json says, in the report's terms (finished or not)."""
-    config = read_json(Path(path) / "config.json")
+    train, sparse = read_config(path)
     try:
-        train, sparse = config["train"], config["sparsity"]
         return run_settings(path, train, sparse)
     except (KeyError, TypeError) as error:
         raise ValueError(f"{Path(path) / 'config.json'} is not a run's configuration (no {error})") from None
@@ -64,7 +65,7 @@ def config_record(path) -> dict:
 
 def run_settings(path, train: dict, sparse: dict) -> dict:
     """The report's view of one configuration, and `settings`: every field that must agree
-    between the runs of one row (all but the seed and MAY_DIFFER)."""
+    between the runs of one row (all but the seed and what may_differ)."""
     method = sparse["method"]
     # α and ΔT only matter where masks change: elsewhere they neither split groups nor label rows.
     # A row names α and ΔT only where a run used other values than the paper's.
@@ -79,23 +80,48 @@ def run_settings(path, train: dict, sparse: dict) -> dict:
               "multiplier": train["multiplier"], "seed": train["seed"],
               "drop_fraction": alpha, "update_interval": interval, "variant": variant}
     settings = {f"{name}.{key}": value for name, section in (("train", train), ("sparsity", sparse))
-                for key, value in section.items() if key not in MAY_DIFFER + ("seed", "mask_from")}
+                for key, value in section.items() if key not in may_differ(train) + ("seed", "mask_from")}
     settings.update({f"sparsity.{key}": record[key] for key in ("distribution", "density", "drop_fraction",
                                                                "update_interval")})
     return {**record, "settings": settings}
 
 
 def run_record(path) -> dict:
-    """One finished run as a flat dict: its configuration and its final numbers."""
-    summary = read_json(Path(path) / "summary.json")
-    if not isinstance(summary, dict) or "final_test_acc" not in summary:
-        raise ValueError(f"{Path(path) / 'summary.json'} is not a run's summary (no final_test_acc)")
+    """One finished run as a flat dict: its configuration, its final numbers, and the layer
+    densities of its figures, each file checked before the report writes anything."""
+    summary = read_summary(Path(path) / "summary.json")
     return {**config_record(path), "test_acc": summary["final_test_acc"],
             "val_acc": summary.get("final_val_acc"),
             # Summaries older than the FLOP accounting have no ratios: None, shown as "n/a".
             "train_flops_ratio": summary.get("train_flops_ratio"),
             "inference_flops_ratio": summary.get("inference_flops_ratio"),
-            "epochs": summary.get("epochs")}
+            "epochs": summary.get("epochs"), "layers": summary.get("layers") or [],
+            "densities": read_densities(path)}
+
+
+SUMMARY_NUMBERS = {"final_test_acc": True, "final_val_acc": False, "train_flops_ratio": False,
+                   "inference_flops_ratio": False, "epochs": False}
+"""The numbers of summary.json that the report reads, and whether each is required (else null is allowed)."""
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_summary(path: Path) -> dict:
+    """summary.json, its numbers and its layers checked; a bad one is named in one line."""
+    summary = read_json(path)
+    if not isinstance(summary, dict):
+        raise ValueError(f"{path} is not a run's summary (not a JSON object)")
+    for key, required in SUMMARY_NUMBERS.items():
+        value = summary.get(key)
+        if not is_number(value) and (required or value is not None):
+            raise ValueError(f"{path} is not a run's summary: {key} is {value!r}, not a finite number")
+    layers = summary.get("layers") or []
+    if not isinstance(layers, list) or not all(isinstance(r, dict) and isinstance(r.get("name"), str)
+                                               and is_number(r.get("density")) for r in layers):
+        raise ValueError(f"{path} is not a run's summary: layers is not a list of {{name, density}}")
+    return summary
 
 
 def collect_runs(root) -> list[dict]:
@@ -225,11 +251,12 @@ def write_tables(header: list[str], rows: list[list[str]], groups: list[dict], r
     lines = [table_caption(groups), "", "| " + " | ".join(header) + " |",
              "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(groups)  # None (no FLOPs recorded) becomes an empty field
+    write_text(md_path, "\n".join(lines) + "\n")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(groups)  # None (no FLOPs recorded) becomes an empty field
+    write_text(csv_path, table.getvalue())
     return md_path, csv_path
 
 
@@ -266,7 +293,7 @@ def new_axes(width: float = 8.0, height: float = 4.5):
 def save(figure, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=120))
     return path
 
 
@@ -367,14 +394,20 @@ def plot_accuracy_vs_flops(groups: list[dict], path) -> Path | None:
 
 
 def read_densities(run_path) -> list[dict]:
-    """densities.jsonl: layer densities at epoch 0 and after every epoch; [] for older runs."""
+    """densities.jsonl: layer densities at epoch 0 and after every epoch; [] for older runs. A line
+    that is not {"epoch": int, "densities": {layer: number}} is named in one line."""
     path = Path(run_path) / "densities.jsonl"
     if not path.exists():
         return []
     try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except ValueError as error:
         raise ValueError(f"{path} is not readable JSON lines ({error})") from None
+    for i, r in enumerate(records, 1):
+        if not (isinstance(r, dict) and isinstance(r.get("epoch"), int) and isinstance(r.get("densities"), dict)
+                and all(is_number(v) for v in r["densities"].values())):
+            raise ValueError(f"{path}: record {i} is not {{\"epoch\": int, \"densities\": {{layer: number}}}}")
+    return records
 
 
 def run_title(run: dict) -> str:
@@ -384,12 +417,11 @@ def run_title(run: dict) -> str:
 def plot_layer_densities(run: dict, path) -> Path | None:
     """Per-layer density of one run's final masks next to its initial allocation (epoch 0 of
     densities.jsonl, when the run has one). None when the summary lists no layers."""
-    run_path = run["path"]
-    layers = read_json(Path(run_path) / "summary.json").get("layers") or []
+    layers = run["layers"]
     if not layers:
         return None
     names = [layer["name"] for layer in layers]
-    initial = next((r["densities"] for r in read_densities(run_path) if r["epoch"] == 0), None)
+    initial = next((r["densities"] for r in run["densities"] if r["epoch"] == 0), None)
     figure, ax = new_axes(width=max(8.0, 0.32 * len(names)), height=5.0)
     x = list(range(len(names)))
     width, shift = (0.4, 0.2) if initial else (0.8, 0.0)  # two bars share a slot, or one fills it
@@ -410,7 +442,7 @@ def plot_layer_densities(run: dict, path) -> Path | None:
 def plot_density_over_training(run: dict, path) -> Path | None:
     """Each layer's density after every epoch (densities.jsonl): how RigL-SG/SM move the budget.
     None when the run has fewer than two records (older runs have none)."""
-    records = read_densities(run["path"])
+    records = run["densities"]
     if len(records) < 2:
         return None
     epochs = [r["epoch"] for r in records]

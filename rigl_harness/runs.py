@@ -34,15 +34,48 @@ class Diverged(UsageError):
     """The training loss became NaN or infinite: the run stops, its last good checkpoint kept."""
 
 
+class WriteFailed(UsageError):
+    """A file could not be written (a full disk, a folder it may not write): named in one line."""
+
+
 def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file and rename it, so that a kill or a full disk never leaves a
-    broken file: the previous one stays until the new one is whole."""
-    tmp = path.with_name(path.name + ".tmp")
+    """The one way every file is written: `write(handle)` fills a temporary file of this process
+    beside `path`, which then replaces it, so that a kill or a full disk never leaves a broken file
+    (the previous one stays until the new one is whole). A failed write, an OSError or torch's
+    RuntimeError around one, becomes WriteFailed naming `path`."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two writers of one file never share it
     try:
-        write(tmp)
+        with open(tmp, "wb") as handle:
+            write(handle)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        stop = chained(error, KeyboardInterrupt)  # Ctrl-C or SIGTERM inside torch.save's writes
+        if stop is not None:
+            raise stop from None
+        kept = f"; the previous {path.name} is kept" if path.exists() else ""
+        raise WriteFailed(f"cannot write {path}: {write_failure(error)}{kept}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def chained(error: BaseException, kind: type) -> BaseException | None:
+    """The first exception of `kind` in the chain of `error` (itself, its cause or its context)."""
+    while error is not None and not isinstance(error, kind):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def write_failure(error: BaseException) -> str:
+    """Why a write failed: the operating system's words (ENOSPC, EACCES, EROFS, ...) wherever in
+    the exception's chain they are (torch.save raises RuntimeError with the OSError as context)."""
+    cause = chained(error, OSError)
+    if cause is not None and cause.strerror:
+        return cause.strerror
+    return str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def read_json(path: Path):
@@ -54,7 +87,7 @@ def read_json(path: Path):
 
 
 def write_json(path: Path, value) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(value, indent=2) + "\n"))
+    write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def git_commit() -> str | None:
@@ -71,11 +104,27 @@ MAY_DIFFER = ("device", "data_dir", "workers")
 """Settings that do not change a run's numbers: where it runs and where its data lie."""
 
 
+def may_differ(train: dict) -> tuple[str, ...]:
+    """MAY_DIFFER of a run's train section. On ImageNet --workers changes the numbers: each
+    DataLoader worker augments with its own random stream, so 1 and 2 workers train differently."""
+    return MAY_DIFFER if train.get("dataset") != "imagenet" else tuple(k for k in MAY_DIFFER if k != "workers")
+
+
 def config_differences(saved: dict, now: dict) -> list[str]:
-    """Fields that differ between a saved run and the one asked for, but MAY_DIFFER."""
+    """Fields that differ between a saved run and the one asked for, but those that may_differ."""
+    free = may_differ(now["train"])
     return [f"{key} (run has {saved.get(section, {}).get(key)!r}, asked for {value!r})"
             for section in ("train", "sparsity") for key, value in now[section].items()
-            if key not in MAY_DIFFER and saved.get(section, {}).get(key) != value]
+            if key not in free and saved.get(section, {}).get(key) != value]
+
+
+def read_config(out: Path) -> tuple[dict, dict]:
+    """The train and sparsity sections of OUT/config.json; a file without them is named."""
+    path = Path(out) / "config.json"
+    config = read_json(path)
+    if not isinstance(config, dict) or not all(isinstance(config.get(k), dict) for k in ("train", "sparsity")):
+        raise UsageError(f"{path} is not a run's configuration (no train and sparsity sections)")
+    return config["train"], config["sparsity"]
 
 
 @contextlib.contextmanager
@@ -116,20 +165,19 @@ def start(out: Path, config: dict, initial_weights: dict) -> None:
     """A new run directory: the resolved configuration and the initial weights (for lottery)."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config)
-    atomic_write(out / "init.pt", lambda p: torch.save(initial_weights, p))
+    atomic_write(out / "init.pt", lambda handle: torch.save(initial_weights, handle))
 
 
 def save_epoch(out: Path, checkpoint: dict, metrics: list[dict], densities: list[dict]) -> None:
     """After every epoch: checkpoint.pt, metrics.jsonl and densities.jsonl."""
-    atomic_write(out / "checkpoint.pt", lambda p: torch.save(checkpoint, p))
+    atomic_write(out / "checkpoint.pt", lambda handle: torch.save(checkpoint, handle))
     save_records(out, metrics, densities)
 
 
 def save_records(out: Path, metrics: list[dict], densities: list[dict]) -> None:
     """metrics.jsonl and densities.jsonl, strict JSON: a number that is not finite is refused."""
     for name, records in (("metrics.jsonl", metrics), ("densities.jsonl", densities)):
-        lines = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
-        atomic_write(out / name, lambda p: p.write_text(lines))
+        write_text(out / name, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
 
 
 def diverged(run, out: Path, losses: list) -> Diverged:
@@ -143,30 +191,51 @@ def diverged(run, out: Path, losses: list) -> Diverged:
     return Diverged(f"diverged at step {step}: the training loss is not finite; {kept} (try a lower --lr)")
 
 
+def load_torch(path: Path, what: str, advice: str, device: torch.device | str = "cpu"):
+    """A torch file of a run directory; a missing, truncated, empty or random one is named in a
+    one-line error that says it is not `what`, and `advice`."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch raises EOFError, UnpicklingError, RuntimeError, ... by damage
+        raise UsageError(f"{path} is damaged or not {what} ({type(error).__name__}); {advice}") from None
+
+
 def load_checkpoint(out: Path, device: torch.device) -> dict:
     """checkpoint.pt; a truncated, empty, random or foreign file is named in a one-line error."""
     path = out / "checkpoint.pt"
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # torch raises EOFError, UnpicklingError, RuntimeError, ... by damage
-        raise UsageError(f"{path} is damaged or not a checkpoint ({type(error).__name__}); "
-                         f"remove it to start over, or choose another --out") from None
-    if not isinstance(state, dict) or "sparsity" not in state:
+    state = load_torch(path, "a checkpoint", "remove it to start over, or choose another --out", device)
+    if not isinstance(state, dict) or not isinstance(state.get("sparsity"), dict):
         raise UsageError(f"{path} is not a checkpoint of this program; choose another --out")
     return state
 
 
-def read_ticket(source: Path, model: str, dataset: str) -> tuple[dict, dict]:
+def read_ticket(source: Path, model: str, dataset: str, density: float) -> tuple[dict, dict, float]:
     """A lottery ticket: the initial weights (init.pt) and final masks (checkpoint.pt) of a finished
-    run of the same model on the same dataset (Frankle & Carbin 2019)."""
-    if not (source / "init.pt").exists() or not (source / "checkpoint.pt").exists():
-        raise UsageError(f"--mask-from {source}: expected a finished run's init.pt and checkpoint.pt there")
-    config = read_json(source / "config.json")["train"]
-    if (config["model"], config["dataset"]) != (model, dataset):
-        raise UsageError(f"--mask-from {source} trained {config['model']} on {config['dataset']}, "
+    run (summary.json) of the same model on the same dataset at the density asked for (Frankle &
+    Carbin 2019), and the density of its final masks (summary.json), which the ticket must have."""
+    missing = [n for n in ("config.json", "init.pt", "checkpoint.pt") if not (source / n).is_file()]
+    if missing:
+        raise UsageError(f"--mask-from {source}: expected a run's {', '.join(missing)} there")
+    if not (source / "summary.json").is_file():
+        raise UsageError(f"--mask-from {source} has not finished (no summary.json): its masks are not "
+                         f"the final ones; finish it with --resume first")
+    train, sparse = read_config(source)
+    if (train.get("model"), train.get("dataset")) != (model, dataset):
+        raise UsageError(f"--mask-from {source} trained {train.get('model')} on {train.get('dataset')}, "
                          f"not {model} on {dataset}")
-    masks = torch.load(source / "checkpoint.pt", weights_only=True)["sparsity"]["masks"]
-    return torch.load(source / "init.pt", weights_only=True), masks
+    if sparse.get("density") != density:
+        raise UsageError(f"--mask-from {source} was trained at density {sparse.get('density')}, not the "
+                         f"--density {density} asked for: the ticket would train at its own density")
+    advice = "choose another --mask-from"
+    state = load_torch(source / "checkpoint.pt", "a checkpoint", advice)
+    masks = state.get("sparsity", {}).get("masks") if isinstance(state, dict) else None
+    if not masks or not isinstance(masks, dict):
+        raise UsageError(f"--mask-from {source} has no masks (method {sparse.get('method')} trains dense): "
+                         f"a lottery ticket needs a sparse run's masks")
+    final = read_json(source / "summary.json")
+    if not isinstance(final, dict) or not isinstance(final.get("density"), float):
+        raise UsageError(f"{source / 'summary.json'} is not a run's summary (no density)")
+    return load_torch(source / "init.pt", "initial weights", advice), masks, final["density"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,9 +279,11 @@ def restore_state(run, state: dict) -> None:
 
 
 def finish(run, out: Path) -> dict:
-    """summary.json, written by rank 0; every rank returns the summary."""
+    """summary.json, written by rank 0 after the records it summarises (metrics.jsonl and
+    densities.jsonl), so that no summary is ever without them; every rank returns the summary."""
     result = summary(run)
     if distributed.is_main_process():
+        save_records(out, run.history, run.layer_history)
         write_json(out / "summary.json", result)
     return result
 

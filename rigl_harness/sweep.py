@@ -85,8 +85,9 @@ def cell_configs(options: dict, cell: dict, root: Path, varied: set[str]) -> tup
     """One cell's configurations: the train options with the cell's values; a lottery cell
     retrains the masks of the matching pruning cell."""
     cfg, sparse_cfg = configs_from_options({**options, **cell})
-    if cell["method"] == "lottery":
-        cfg = dataclasses.replace(cfg, mask_from=str(root / cell_name({**cell, "method": "pruning"}, varied)))
+    if cell["method"] == "lottery":  # an absolute path: ROOT may be spelled otherwise on resuming
+        source = root.resolve() / cell_name({**cell, "method": "pruning"}, varied)
+        cfg = dataclasses.replace(cfg, mask_from=str(source))
     return cfg, sparse_cfg
 
 

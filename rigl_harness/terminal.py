@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import signal
 import sys
 import time
 
@@ -25,11 +26,21 @@ def silent_console() -> Console:
     return Console(file=io.StringIO())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a scheduler's stop), raised where the program is, as Ctrl-C is."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 @contextlib.contextmanager
 def user_errors(console, interrupted=lambda: "interrupted"):
     """A problem the user can fix ends the command with one line and exit code 2, not a traceback:
     ValueError (and its kinds runs.UsageError and data.DataUnavailable), and OSError (a full disk,
-    a folder it may not write). Ctrl-C says what `interrupted()` returns, with exit code 130."""
+    a folder it may not write). Ctrl-C and SIGTERM say what `interrupted()` returns, with exit code
+    130 and 143 (128 + the signal's number, as the shell reports them)."""
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
     except ValueError as error:
@@ -39,10 +50,11 @@ def user_errors(console, interrupted=lambda: "interrupted"):
         where = f": {error.filename}" if error.filename else ""
         console.print(f"[red]error:[/] {error.strerror or error}{where}", highlight=False, soft_wrap=True)
         raise SystemExit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         console.print(interrupted())
-        raise SystemExit(130)
+        raise SystemExit(128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT))
     finally:
+        signal.signal(signal.SIGTERM, previous)
         distributed.close()
 
 

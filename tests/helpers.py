@@ -3,12 +3,15 @@
 import copy
 import io
 import json
+import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import asdict
 
+import pytest
 import torch
 from rich.console import Console
 
@@ -25,10 +28,38 @@ SMOKE = ["--dataset", "synthetic", "--model", "wrn-10-1", "--train-subset", "512
 """A small, fast `train` on synthetic data."""
 
 
-def cli(*args, timeout=300):
-    """`python rigl.py ARGS` in the repository."""
-    return subprocess.run([sys.executable, "rigl.py", *args], cwd=REPO, capture_output=True,
+def cli(*args, timeout=300, prefix=()):
+    """`python rigl.py ARGS` in the repository (after `prefix`, e.g. as_unprivileged's)."""
+    return subprocess.run([*prefix, sys.executable, "rigl.py", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def one_line_error(result, *words) -> str:
+    """Assert that a command stopped with exit code 2 and one line holding `words`, no traceback."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output, output
+    message = " ".join(result.stdout.split())
+    assert message.startswith("error:") or "error:" in message, output
+    assert all(word in message for word in words), message
+    return message
+
+
+def fill(disk: pathlib.Path, leave: int) -> None:
+    """Fill a filesystem until only `leave` bytes are free."""
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    (disk / "filler").write_bytes(b"\0" * max(0, free - leave))
+
+
+def as_unprivileged(folder: pathlib.Path) -> list[str]:
+    """Make `folder` read-only to its owner, and the command prefix that runs a command as a user
+    who may not write it: root writes anywhere, so as root it is run without the capabilities
+    that override permissions (setpriv). Skips the test where neither can be had."""
+    folder.chmod(0o555)
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("an unwritable folder for root needs setpriv to drop CAP_DAC_OVERRIDE")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps=-all"]
 
 
 def rich_console() -> Console:

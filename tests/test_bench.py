@@ -3,8 +3,9 @@
 import json
 
 import pytest
+import torch
 
-from helpers import cli
+from helpers import cli, one_line_error
 from rigl_harness import bench
 
 
@@ -26,6 +27,16 @@ def test_bench_command_times_dense_and_sparse_side_by_side():
 def test_bad_bench_values_get_one_line(args):
     result = cli("bench", "--models", "wrn-22-2", *args)
     assert result.returncode == 2 and "error:" in result.stdout and "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("method, why", [("small-dense", "bench builds the full width"),
+                                         ("lottery", "a random static mask"), ("pruning", "shrink on a schedule"),
+                                         ("dense", "it is the baseline")])
+def test_bench_refuses_the_methods_it_cannot_time_honestly(method, why):
+    with pytest.raises(ValueError, match=f"bench cannot time --methods {method}: .*{why}"):
+        bench.bench_rows(["wrn-22-2"], ["rigl", method], 0.1, 2, 2, 1, torch.device("cpu"))
+    result = cli("bench", "--models", "wrn-22-2", "--methods", method, "--repeats", "1", "--batch-size", "2")
+    one_line_error(result, f"bench cannot time --methods {method}")
 
 
 def test_interleaved_runs_every_entry_once_a_round_starting_one_further_on():

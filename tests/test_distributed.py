@@ -28,6 +28,17 @@ def torchrun(*args, **popen):
                             text=True, **popen)
 
 
+def test_a_batch_smaller_than_the_number_of_ranks_is_refused(tmp_path):
+    """Every rank needs one image of each batch, or it trains no step at all (and the run would
+    report "0 steps" with exit code 0)."""
+    process = torchrun(*DDP_SMOKE, "--batch-size", "1", "--train-subset", "4", "--epochs", "1",
+                       "--out", str(tmp_path / "run"))
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode != 0 and "done:" not in output
+    assert "error: --batch-size 1 is smaller than the 2 torchrun processes" in " ".join(output.split())
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
 def test_the_ranks_fingerprint_covers_masks_and_weights(monkeypatch):
     """The fingerprint of check_ranks_agree changes with one mask bit (whose weight stays 0) and
     with one weight; ranks holding different ones are stopped."""

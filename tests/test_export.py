@@ -1,13 +1,15 @@
 """Export (rigl_harness/deploy/export.py): bitmasks, the compact file, ONNX, `python rigl.py export`."""
 
 import io
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from rich.console import Console
 
-from helpers import onnx_available, reference_masked, sparse_model, write_run
+from helpers import (SMOKE, as_unprivileged, cli, fill, one_line_error, onnx_available, reference_masked,
+                     sparse_model, write_run)
 from rigl_harness.deploy import export
 
 
@@ -144,3 +146,37 @@ def test_export_of_a_missing_or_incomplete_run_directory_is_refused_in_one_line(
     with pytest.raises(ValueError, match="is not a run directory: cannot read") as error:
         export.export_run(tmp_path)
     assert "\n" not in str(error.value)
+
+
+def test_export_on_a_real_full_disk_keeps_the_previous_model_onnx_and_names_it(small_disk, finished_run):
+    if not onnx_available():
+        pytest.skip("needs the onnx package")
+    run = small_disk("3m") / "run"
+    shutil.copytree(finished_run, run)
+    assert cli("export", str(run)).returncode == 0
+    before = (run / "model.onnx").read_bytes()
+    fill(run.parent, leave=(run / "model.compact.pt").stat().st_size + 40_000)  # room for it, not for model.onnx
+    one_line_error(cli("export", str(run)), f"cannot write {run / 'model.onnx'}: No space left on device",
+                   "the previous model.onnx is kept")
+    assert (run / "model.onnx").read_bytes() == before and not list(run.glob("*.tmp"))
+
+
+def test_export_into_a_folder_the_user_cannot_write_is_one_line(tmp_path, finished_run):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    prefix = as_unprivileged(run)
+    try:
+        result = cli("export", str(run), prefix=prefix)
+    finally:
+        run.chmod(0o755)
+    one_line_error(result, f"cannot write {run / 'model.compact.pt'}: Permission denied")
+
+
+def test_a_run_on_a_small_synthetic_subset_exports(tmp_path):
+    """Six images hold classes 0..7 only; the network still has the test set's 10 classes."""
+    out = tmp_path / "run"
+    trained = cli("train", *SMOKE, "--train-subset", "6", "--val-size", "0", "--batch-size", "6", "--epochs", "1",
+                  "--out", str(out))
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    result = cli("export", str(out), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import re
 from typing import get_args
 
 import pytest
@@ -210,6 +211,27 @@ def test_damaged_run_files_are_named(tmp_path):
     (run / "summary.json").write_text(json.dumps({"something": "else"}))
     with pytest.raises(ValueError, match="is not a run's summary"):
         report.collect_runs(tmp_path)
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("densities", "densities.jsonl: record 5 is not"),
+    ("summary", "summary.json is not a run's summary: final_test_acc is None, not a finite number"),
+    ("layers", "summary.json is not a run's summary: layers is not a list"),
+])
+def test_a_damaged_run_is_named_before_anything_is_written(tmp_path, damage, words):
+    """Every run's files are checked before report.md, report.csv or a figure is written."""
+    fake_run(tmp_path, "a", "rigl", "erk", 0.1, 0, 92.0)
+    run = fake_run(tmp_path, "b", "rigl", "erk", 0.2, 0, 93.0)
+    summary = json.loads((run / "summary.json").read_text())
+    if damage == "densities":
+        with open(run / "densities.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": "x"}) + "\n")
+    else:
+        bad = {"final_test_acc": None} if damage == "summary" else {"layers": [{"name": "fc.weight"}]}
+        (run / "summary.json").write_text(json.dumps({**summary, **bad}))
+    with pytest.raises(ValueError, match=re.escape(words)):
+        report.make_report(tmp_path, Console(file=io.StringIO()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
 
 
 def test_methods_are_written_as_the_report_writes_them():

@@ -1,11 +1,16 @@
 """Run directories (rigl_harness/runs.py): locks, refusals, damaged files, full disks."""
 
+import json
 import os
+import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from helpers import SMOKE, cli, rich_console
+from helpers import REPO, SMOKE, cli, one_line_error, read_jsonl, rich_console
 from rigl_harness import runs, terminal
 
 
@@ -56,17 +61,117 @@ def test_a_malformed_config_json_is_named(tmp_path, finished_run):
     assert result.returncode == 2 and f"{out / 'config.json'} is not readable JSON" in " ".join(result.stdout.split())
 
 
-def test_a_full_disk_keeps_the_previous_file_and_says_so_in_one_line(tmp_path):
-    import errno
-
-    path = tmp_path / "checkpoint.pt"
+def test_a_real_full_disk_keeps_the_previous_file_and_names_it_in_one_line(small_disk):
+    """torch.save raises RuntimeError, not OSError, when the disk is full: the one write path
+    turns it into the one-line error that names the file, and the previous file stays whole."""
+    disk = small_disk("64k")
+    path = disk / "checkpoint.pt"
     path.write_text("the last good checkpoint")
-
-    def full(tmp):
-        tmp.write_text("half a checkpo")
-        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
     console = rich_console()
     with pytest.raises(SystemExit) as stop, terminal.user_errors(console):
-        runs.atomic_write(path, full)
-    assert stop.value.code == 2 and "No space left on device" in console.file.getvalue()
-    assert path.read_text() == "the last good checkpoint" and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+        runs.atomic_write(path, lambda handle: torch.save(torch.zeros(100_000), handle))
+    message = " ".join(console.file.getvalue().split())
+    assert stop.value.code == 2 and f"cannot write {path}: No space left on device" in message, message
+    assert path.read_text() == "the last good checkpoint" and sorted(p.name for p in disk.iterdir()) == [path.name]
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_train_and_sweep_on_a_real_full_disk_stop_in_one_line(small_disk, command):
+    disk = small_disk("96k")  # config.json fits, init.pt does not
+    if command == "train":
+        result = cli("train", *SMOKE, "--epochs", "1", "--out", str(disk / "run"))
+    else:
+        result = cli("sweep", str(disk), *[a.replace("--update-interval", "--update-intervals") for a in SMOKE],
+                     "--epochs", "1")
+    one_line_error(result, "cannot write", "init.pt: No space left on device")
+
+
+def test_two_writers_of_one_file_never_share_a_temporary_file(tmp_path):
+    """Two processes (two exports of one run) write one file at once: each through its own
+    temporary file, so both finish and the file is one of theirs, whole."""
+    path, started, go = tmp_path / "model.onnx", tmp_path / "started", tmp_path / "go"
+    other = subprocess.Popen([sys.executable, "-c", f"""
+import pathlib, time
+from rigl_harness import runs
+def slow(handle):
+    handle.write(b"first half, ")
+    pathlib.Path({str(started)!r}).touch()
+    while not pathlib.Path({str(go)!r}).exists():
+        time.sleep(0.01)
+    handle.write(b"second half of the other writer")
+runs.atomic_write(pathlib.Path({str(path)!r}), slow)
+"""], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    while not started.exists():
+        assert other.poll() is None, other.stderr.read()
+        time.sleep(0.01)
+    runs.write_text(path, "this writer's whole file")
+    go.touch()
+    assert other.wait(timeout=60) == 0, other.stderr.read()
+    assert path.read_text() == "first half, second half of the other writer"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_finished_run_always_has_the_records_it_summarises(tmp_path, finished_run):
+    """The last checkpoint saved, its metrics.jsonl and densities.jsonl not (a full disk, or a kill
+    in that window): --resume writes them before summary.json."""
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    for name in ("metrics.jsonl", "densities.jsonl", "summary.json"):
+        (out / name).unlink()
+    result = cli("train", *SMOKE, "--epochs", "1", "--out", str(out), "--resume")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(read_jsonl(out / "metrics.jsonl")) == 1 and len(read_jsonl(out / "densities.jsonl")) == 2
+    assert (out / "summary.json").exists()
+
+
+def test_workers_may_differ_but_on_imagenet_where_they_change_the_numbers():
+    def config(dataset, workers):
+        return {"train": {"dataset": dataset, "workers": workers, "device": "cpu"}, "sparsity": {}}
+    assert runs.config_differences(config("cifar10", 1), config("cifar10", 2)) == []
+    assert runs.config_differences(config("imagenet", 1), config("imagenet", 2)) == [
+        "workers (run has 1, asked for 2)"]
+
+
+# --- lottery tickets: runs.read_ticket and train.apply_ticket --------------------------------------
+
+
+LOTTERY = [*SMOKE, "--method", "lottery", "--epochs", "1"]
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("truncated checkpoint.pt", ["checkpoint.pt is damaged or not a checkpoint"]),
+    ("garbage init.pt", ["init.pt is damaged or not initial weights"]),
+    ("config.json without train", ["config.json is not a run's configuration"]),
+])
+def test_mask_from_a_damaged_run_is_named_in_one_line(tmp_path, pruning_run, damage, words):
+    source = tmp_path / "source"
+    shutil.copytree(pruning_run, source)
+    if damage.startswith("truncated"):
+        (source / "checkpoint.pt").write_bytes((pruning_run / "checkpoint.pt").read_bytes()[:3000])
+    elif damage.startswith("garbage"):
+        (source / "init.pt").write_bytes(os.urandom(3000))
+    else:
+        (source / "config.json").write_text(json.dumps({"sparsity": {}}))
+    result = cli("train", *LOTTERY, "--mask-from", str(source), "--out", str(tmp_path / "ticket"))
+    one_line_error(result, *words)
+
+
+def test_lottery_trains_only_the_final_masks_at_the_density_asked_for(tmp_path, pruning_run, finished_run):
+    """Refused: the masks of a d = 0.1 run at --density 0.5, a run without masks, an unfinished
+    run (its intermediate masks), and a checkpoint whose masks are not those of its summary."""
+    def lottery(source, density="0.1"):
+        return cli("train", *LOTTERY, "--density", density, "--mask-from", str(source),
+                   "--out", str(tmp_path / f"ticket-{len(list(tmp_path.iterdir()))}"))
+    one_line_error(lottery(pruning_run, "0.5"), "trained at density 0.1, not the --density 0.5")
+    dense = tmp_path / "dense"
+    assert cli("train", *SMOKE, "--method", "dense", "--epochs", "1", "--out", str(dense)).returncode == 0
+    one_line_error(lottery(dense, "0.1"), "has no masks (method dense trains dense)")
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(pruning_run, unfinished)
+    (unfinished / "summary.json").unlink()
+    one_line_error(lottery(unfinished), "has not finished (no summary.json)")
+    summary = json.loads((pruning_run / "summary.json").read_text())
+    (unfinished / "summary.json").write_text(json.dumps({**summary, "density": 0.254}))
+    one_line_error(lottery(unfinished), "masks have density 0.1000, not the 0.2540 of its summary.json")
+    result = lottery(pruning_run)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -70,3 +70,14 @@ def test_a_sweep_refuses_cells_trained_with_other_settings(tmp_path):
 def test_bad_sweep_grids_get_one_line(tmp_path, args, message):
     result = cli("sweep", str(tmp_path), "--dry-run", *args)
     assert result.returncode == 2 and message in " ".join(result.stdout.split()), result.stdout
+
+
+def test_a_lottery_sweep_resumes_with_root_spelled_otherwise(tmp_path):
+    """A lottery cell records its pruning cell's path absolute, so ROOT given relative first and
+    absolute later is the same sweep."""
+    args = ["sweep", "--methods", "pruning,lottery", *SWEEP_SMOKE, "--epochs", "1"]
+    first = subprocess.run([sys.executable, str(REPO / "rigl.py"), args[0], "sweeps", *args[1:]], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    again = cli(args[0], str(tmp_path / "sweeps"), *args[1:])
+    assert again.returncode == 0 and again.stdout.count(": done") == 2, again.stdout + again.stderr

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import flops
 import models
 import rigl
 import train
-from helpers import REPO, SMOKE, cli, read_jsonl, rich_console, shapes_of, small_net, wait_for_first_epoch
+from helpers import REPO, SMOKE, cli, one_line_error, read_jsonl, rich_console, shapes_of, small_net, wait_for_first_epoch
 from models import build_model
 from rigl import Sparsity, SparsityConfig
 from train import REPORT_STEPS, TrainConfig, resolve_recipe
@@ -224,6 +225,10 @@ def test_offline_without_data_says_how_to_provide_it(tmp_path):
     (["--epochs", "1", "--multiplier", "0.1"], "rounds to no epoch at all"),
     (["--method", "magic"], "magic"),
     (["--update-interval", "many"], "Invalid value for '--update-interval'"),
+    (["--erk-power-scale", "inf"], "--erk-power-scale must satisfy 0 <= erk_power_scale < inf"),
+    (["--erk-power-scale", "200"], "erk_power_scale 200.0 takes the ERK scores of the sparse layers out of"),
+    (["--method", "pruning", "--t-start", "0.5", "--t-end", "0.5"], "pruning never prunes"),
+    (["--method", "pruning", "--train-subset", "64", "--val-size", "0", "--epochs", "1"], "pruning never prunes"),
 ])
 def test_bad_option_values_are_rejected_with_a_message(tmp_path, args, message):
     result = cli("train", *SMOKE, *args, "--out", str(tmp_path / "run"))
@@ -278,6 +283,34 @@ def test_ctrl_c_before_the_first_epoch_does_not_claim_a_saved_epoch(tmp_path):
     process.send_signal(signal.SIGINT)
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 130 and "nothing to resume" in output and "is saved" not in output
+
+
+def test_sigterm_says_what_is_saved_as_ctrl_c_does(tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "rigl.py", "train", *SMOKE, "--epochs", "50", "--out", str(out)],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_first_epoch(process, out)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in output, output
+    assert f"interrupted: the last finished epoch is saved in {out}; continue with --resume" in " ".join(output.split())
+
+
+@pytest.mark.skipif(not os.environ.get("RIGL_DATA_DIR"),
+                    reason="set RIGL_DATA_DIR to a folder holding cifar-10-batches-py (.ci/run does)")
+def test_a_validation_set_as_large_as_the_training_set_is_refused_naming_the_option(tmp_path):
+    result = cli("train", "--data-dir", os.environ["RIGL_DATA_DIR"], "--model", "wrn-10-1", "--epochs", "1",
+                 "--val-size", "50000", "--out", str(tmp_path / "run"))
+    one_line_error(result, "--val-size 50000 holds out all 50,000 training images of cifar10")
+
+
+def test_a_small_train_subset_keeps_every_class_of_the_test_set(tmp_path):
+    """Six synthetic images hold labels up to 7 only; the classifier still has the dataset's 10
+    outputs, so the test set's classes all exist (and export rebuilds the network)."""
+    cfg = resolve_recipe(TrainConfig(dataset="synthetic", train_subset=6, val_size=0, epochs=1, batch_size=6))
+    run = train.build_run(cfg, SparsityConfig())
+    assert int(run.data.train[1].max()) < 9 and run.model.fc.weight.shape[0] == 10
+    assert int(run.data.test[1].max()) < run.data.num_classes
 
 
 def test_no_mask_update_before_t_end_is_warned_about(caplog):

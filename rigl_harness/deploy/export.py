@@ -133,7 +133,7 @@ def save_compact(path: Path | str, model: nn.Module, masks: dict[str, torch.Tens
         raise ExportError(f"the architecture needs {', '.join(sorted(missing))} to be rebuilt")
     payload = {"format": FORMAT, "version": VERSION, "architecture": dict(architecture),
                **compact_state(model, masks, fp16)}
-    runs.atomic_write(Path(path), lambda p: torch.save(payload, p))
+    runs.atomic_write(Path(path), lambda handle: torch.save(payload, handle))
     return Path(path).stat().st_size
 
 
@@ -173,27 +173,31 @@ def saved_bytes(value) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path | str) -> None:
-    """torch.onnx.export with a dynamic batch axis. The TorchScript exporter (dynamo=False) needs
-    only the `onnx` package; the default torch.export-based one also needs `onnxscript`
-    (docs.pytorch.org/docs/stable/onnx.html). Its deprecation warning is silenced here."""
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path | str, sparse: bool = False) -> None:
+    """torch.onnx.export with a dynamic batch axis, into memory, then written atomically
+    (runs.atomic_write); `sparse` stores the sparse weights as sparse initializers. The TorchScript
+    exporter (dynamo=False) needs only the `onnx` package; the default torch.export-based one also
+    needs `onnxscript` (docs.pytorch.org/docs/stable/onnx.html). Its deprecation warning is silenced."""
+    buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["images"],
+        torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=["images"],
                           output_names=["logits"], dynamic_axes={"images": {0: "batch"},
                                                                  "logits": {0: "batch"}})
+    data = sparse_initializers(buffer.getvalue()) if sparse else buffer.getvalue()
+    runs.atomic_write(Path(path), lambda handle: handle.write(data))
 
 
-def sparse_initializers(path: Path | str) -> int:
-    """Rewrite an ONNX file so that every weight with more than 2/3 zeros is a sparse_initializer
+def sparse_initializers(data: bytes) -> bytes:
+    """An ONNX model in which every weight with more than 2/3 zeros is a sparse_initializer
     (values and int64 linear indices, ONNX's SparseTensorProto): 12 bytes an active entry instead
     of 4 an entry. ONNX Runtime densifies them when it loads the model; onnx.checker accepts the
     file, but its full shape-inference check and runtimes without sparse-initializer support may
-    not. Returns the number of weights converted."""
+    not."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
-    model = onnx.load(str(path))
+    model = onnx.load_from_string(data)
     dense, sparse = [], []
     for initializer in model.graph.initializer:
         array = numpy_helper.to_array(initializer)
@@ -208,8 +212,7 @@ def sparse_initializers(path: Path | str) -> int:
     del model.graph.initializer[:]
     model.graph.initializer.extend(dense)
     model.graph.sparse_initializer.extend(sparse)
-    onnx.save(model, str(path))
-    return len(sparse)
+    return model.SerializeToString()
 
 
 def onnx_session(path: Path | str, threads: int | None = None):
@@ -319,9 +322,7 @@ def export_run(run_dir: Path | str, fp16: bool = False, onnx_sparse: bool = Fals
         max_abs_diff = float((model(example) - rebuilt(example)).abs().max())
     skipped = onnx_missing()
     if skipped is None:
-        export_onnx(rebuilt, example, onnx_path)
-        if onnx_sparse:
-            sparse_initializers(onnx_path)
+        export_onnx(rebuilt, example, onnx_path, sparse=onnx_sparse)
     return {"run_dir": str(run_dir), "model": architecture["model"], "fp16": fp16, "onnx_sparse": onnx_sparse,
             "dense_bytes": dense_bytes, "compact_bytes": compact_bytes,
             "size_ratio": compact_bytes / dense_bytes, "max_abs_diff": max_abs_diff,
