@@ -1,5 +1,6 @@
 """Run directories (rigl_harness/runs.py): locks, refusals, damaged files, full disks."""
 
+import io
 import json
 import os
 import shutil
@@ -73,6 +74,29 @@ def test_a_real_full_disk_keeps_the_previous_file_and_names_it_in_one_line(small
     message = " ".join(console.file.getvalue().split())
     assert stop.value.code == 2 and f"cannot write {path}: No space left on device" in message, message
     assert path.read_text() == "the last good checkpoint" and sorted(p.name for p in disk.iterdir()) == [path.name]
+
+
+def test_a_stop_inside_torch_save_is_a_stop_not_a_write_error(tmp_path):
+    """Ctrl-C or SIGTERM while torch.save writes comes back from torch as a RuntimeError around the
+    KeyboardInterrupt: it stays a stop (exit 130 or 143), and the previous file is kept."""
+    path = tmp_path / "checkpoint.pt"
+    path.write_text("the last good checkpoint")
+
+    class Interrupted(io.RawIOBase):
+        def __init__(self, handle):
+            self.handle, self.writes = handle, 0
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                raise KeyboardInterrupt
+            return self.handle.write(data)
+    with pytest.raises(KeyboardInterrupt):
+        runs.atomic_write(path, lambda handle: torch.save(torch.zeros(10_000), Interrupted(handle)))
+    assert path.read_text() == "the last good checkpoint" and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
 @pytest.mark.parametrize("command", ["train", "sweep"])
