@@ -20,6 +20,8 @@ Use it from your own loop (README, "Add RigL to your training loop"):
         optimizer.step()
     sparsity.apply_masks()
 
+or, for a trainer that calls `optimizer.step()` itself, `optimizer = sparsity.wrap(optimizer)`.
+
 Symbols of the paper and their names here:
 
     d        density            fraction of a layer's weights that are active (1 - sparsity)
