@@ -71,11 +71,17 @@ MAY_DIFFER = ("device", "data_dir", "workers")
 """Settings that do not change a run's numbers: where it runs and where its data lie."""
 
 
+ADDED_LATER = {"mask_depthwise": False}
+"""Fields added after runs were written, with the value those runs trained with."""
+
+
 def config_differences(saved: dict, now: dict) -> list[str]:
     """Fields that differ between a saved run and the one asked for, but MAY_DIFFER."""
-    return [f"{key} (run has {saved.get(section, {}).get(key)!r}, asked for {value!r})"
+    def saved_value(section, key):
+        return saved.get(section, {}).get(key, ADDED_LATER.get(key))
+    return [f"{key} (run has {saved_value(section, key)!r}, asked for {value!r})"
             for section in ("train", "sparsity") for key, value in now[section].items()
-            if key not in MAY_DIFFER and saved.get(section, {}).get(key) != value]
+            if key not in MAY_DIFFER and saved_value(section, key) != value]
 
 
 @contextlib.contextmanager

@@ -70,3 +70,11 @@ def test_a_full_disk_keeps_the_previous_file_and_says_so_in_one_line(tmp_path):
         runs.atomic_write(path, full)
     assert stop.value.code == 2 and "No space left on device" in console.file.getvalue()
     assert path.read_text() == "the last good checkpoint" and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_a_run_written_before_a_field_existed_resumes_with_that_fields_old_value():
+    now = {"train": {"epochs": 2}, "sparsity": {"density": 0.1, "mask_depthwise": False}}
+    before = {"train": {"epochs": 2}, "sparsity": {"density": 0.1}}  # config.json of an older version
+    assert runs.config_differences(before, now) == []
+    asked = {**now, "sparsity": {"density": 0.1, "mask_depthwise": True}}
+    assert runs.config_differences(before, asked) == ["mask_depthwise (run has False, asked for True)"]
