@@ -80,7 +80,7 @@ class SparsityConfig:
     method: Method = "rigl"
     """How the masks change, one of `Method` (paper Sec. 3; report Sec. 2; docs/sweeps-and-reports.md, "Methods")."""
     density: float = 0.1
-    """d, overall fraction of active conv/linear weights; the report's Table 2 uses 0.1 and 0.2."""
+    """d, overall fraction of active weights among the masked ones; the report's Table 2 uses 0.1 and 0.2."""
     distribution: Distribution = "erk"
     """uniform | er | erk: how d is spread over layers (paper Sec. 3, "Sparsity Distribution")."""
     erk_power_scale: float = 1.0

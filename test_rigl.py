@@ -713,6 +713,7 @@ def test_load_state_dict_refuses_masks_of_another_kind_or_count(damage, message)
     ("drop_fraction", -0.1, "drop_fraction must satisfy 0 <= drop_fraction <= 1"),
     ("drop_fraction", 1.1, "drop_fraction must satisfy 0 <= drop_fraction <= 1"),
     ("t_end", 0.0, "t_end must satisfy 0 < t_end <= 1"),
+    ("extra_weights", ("conv", 3), "extra_weights must hold names, glob patterns or module types, got \\[3\\]"),
 ])
 def test_bad_configuration_names_the_field_and_range(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -373,6 +373,12 @@ def test_amp_with_a_grad_scaler_through_wrap_and_the_explicit_loop(dtype):
 # --- torch.compile --------------------------------------------------------------------------------
 
 
+def test_a_data_parallel_model_keeps_its_names():
+    model = small_net()
+    sparsity = Sparsity(nn.DataParallel(model), None, SparsityConfig(), 10)
+    assert list(sparsity.weights) == list(rigl.masked_weights(model))  # no "module." prefix
+
+
 def test_a_compiled_model_keeps_its_names_and_never_recompiles_across_mask_updates():
     from torch._dynamo.testing import CompileCounter
     torch._dynamo.reset()
