@@ -3,7 +3,6 @@ folder). A block that imports transformers or lightning is skipped, with the rea
 package is not installed; neither is a dependency of this repository."""
 
 import importlib.util
-import logging
 import pathlib
 import re
 
@@ -29,7 +28,6 @@ def test_the_block_runs(code, tmp_path, monkeypatch):
         if re.search(rf"^(from|import) {package}\b", code, flags=re.M) and not importlib.util.find_spec(package):
             pytest.skip(f"{package} is not installed (optional: pip install {package})")
     monkeypatch.chdir(tmp_path)
-    logging.getLogger("rigl").setLevel(logging.WARNING)
     exec(compile(code, str(PAGE), "exec"), {"__name__": "__docs__"})
 
 
