@@ -20,6 +20,8 @@ Use it from your own loop (README, "Add RigL to your training loop"):
         optimizer.step()
     sparsity.apply_masks()
 
+or, for a trainer that calls `optimizer.step()` itself, `optimizer = sparsity.wrap(optimizer)`.
+
 Symbols of the paper and their names here:
 
     d        density            fraction of a layer's weights that are active (1 - sparsity)
@@ -37,6 +39,8 @@ directories, sweeps and reports in the rigl_harness package (README, "Reading th
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import functools
 import logging
 import math
@@ -77,7 +81,7 @@ class SparsityConfig:
     method: Method = "rigl"
     """How the masks change, one of `Method` (paper Sec. 3; report Sec. 2; docs/sweeps-and-reports.md, "Methods")."""
     density: float = 0.1
-    """d, overall fraction of active conv/linear weights; the report's Table 2 uses 0.1 and 0.2."""
+    """d, overall fraction of active weights among the masked ones; the report's Table 2 uses 0.1 and 0.2."""
     distribution: Distribution = "erk"
     """uniform | er | erk: how d is spread over layers (paper Sec. 3, "Sparsity Distribution")."""
     erk_power_scale: float = 1.0
@@ -91,12 +95,15 @@ class SparsityConfig:
     t_start: float = 700 / REPORT_STEPS
     """Pruning only: fraction of training at which gradual pruning starts; RR starts at step 700 of
     the report's 87,891."""
-    dense_layers: tuple[str, ...] | None = None
-    """Weights kept dense and outside the budget. None = the distribution's default: the first
-    layer for uniform (TF, RR), none for er/erk (their capping decides). () = none at all."""
-    extra_weights: tuple[str, ...] = ()
-    """Parameters to sparsify beyond the Conv2d and Linear weights, by name: a Conv1d's
-    "conv.weight", attention's "attn.in_proj_weight", an LSTM's "lstm.weight_ih_l0", ..."""
+    dense_layers: tuple[str | type, ...] | None = None
+    """Weights kept dense and outside the budget, by name, glob pattern or module type (as
+    extra_weights). None = the distribution's default: the first layer for uniform (TF, RR), none for
+    er/erk (their capping decides). () = none at all."""
+    extra_weights: tuple[str | type, ...] = ()
+    """Weights to sparsify beyond every convolution, Linear and Conv1D: names ("lstm"), glob patterns
+    ("*.in_proj_weight", "encoder.*.mlp.*") or module types (nn.LSTM); a tied weight under any name."""
+    mask_depthwise: bool = False
+    """Sparsify depthwise convolutions too (groups == in_channels > 1); TF's MobileNet code keeps them dense."""
     seed: int = 0
     """Seed of the mask generator: initial masks, tie-breaking, SET's random growth."""
 
@@ -114,7 +121,10 @@ class SparsityConfig:
         for field in ("dense_layers", "extra_weights"):  # a lone name is one name, not its letters
             value = getattr(self, field)
             if value is not None:
-                setattr(self, field, (value,) if isinstance(value, str) else tuple(value))
+                setattr(self, field, (value,) if isinstance(value, (str, type)) else tuple(value))
+                wrong = [v for v in getattr(self, field) if not isinstance(v, (str, type))]
+                if wrong:
+                    raise ValueError(f"{field} must hold names, glob patterns or module types, got {wrong!r}")
 
 
 def _check_choice(field: str, value: object, choices: object) -> None:
@@ -195,52 +205,138 @@ def distribute_density(shapes: dict[str, torch.Size], config: SparsityConfig,
     return {name: 1.0 if name in dense_layers else densities[name] for name in shapes}
 
 
-def masked_weights(model: nn.Module, extra: tuple[str, ...] = ()) -> dict[str, nn.Parameter]:
-    """The weights that carry masks, in model order: every Conv2d and Linear weight, and the
-    parameters named in `extra`. Each Parameter once (a tied one under its first name), and only
-    those that train (requires_grad)."""
-    params = dict(model.named_parameters(remove_duplicate=False))
-    chosen = {f"{name}.weight" if name else "weight" for name, module in model.named_modules(remove_duplicate=False)
-              if isinstance(module, (nn.Conv2d, nn.Linear))}
-    for name in extra:
-        resolved = name if name in params else f"{name}.weight"
-        if resolved not in params or params[resolved].ndim < 2:
-            raise ValueError(f"extra_weights: {name!r} names no weight of the model (a parameter with ndim >= 2)")
-        chosen.add(resolved)
-    found, seen = {}, set()
-    for name, param in params.items():
-        if name in chosen and param.requires_grad and id(param) not in seen:
-            found[name] = param
-        seen.add(id(param))
-    return found
+# ---------------------------------------------------------------------------------------------
+# Which weights carry masks: convolutions, Linear and Conv1D by default; more when selected
+# ---------------------------------------------------------------------------------------------
+
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+Selector = str | type
+"""How extra_weights and dense_layers pick weights: a weight's name, a module's name (its weights),
+a glob pattern over names ("*.in_proj_weight", "encoder.*.mlp.*"), or a module type (nn.LSTM)."""
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A depthwise convolution: one filter per input channel (groups == in_channels > 1)."""
+    return isinstance(module, CONVOLUTIONS) and module.groups == module.in_channels > 1
+
+
+def masked_by_default(module: nn.Module, depthwise: bool = False) -> bool:
+    """Every convolution (1-, 2- and 3-D, transposed too) and Linear, and Hugging Face's Conv1D (a
+    Linear with its weight transposed, known by its name and `nf`). Depthwise convolutions only when
+    `depthwise`: TF's MobileNet code never masks them, and at d = 0.1 many of their k·k filters
+    would keep no weight at all."""
+    if isinstance(module, CONVOLUTIONS):
+        return depthwise or not is_depthwise(module)
+    return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
+
+
+def model_weights(model: nn.Module) -> dict[str, tuple[nn.Parameter, nn.Module]]:
+    """Every parameter of ndim >= 2 under each of its names (a tied one under all of them), with
+    the module that holds it, in model order."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    return {name: (param, modules[name.rpartition(".")[0]])
+            for name, param in model.named_parameters(remove_duplicate=False) if param.ndim >= 2}
+
+
+def selects(selector: Selector, name: str, module: nn.Module | None) -> bool:
+    """Whether `selector` picks the weight `name` held by `module`: a type picks the weights of
+    its instances; a string matches the name, or the name of a module above it (globs allowed)."""
+    if isinstance(selector, type):
+        return isinstance(module, selector)
+    return fnmatch.fnmatchcase(name, selector) or fnmatch.fnmatchcase(name, f"{selector}.*")
+
+
+def select(selectors: tuple[Selector, ...], weights: dict[str, nn.Module | None], field: str,
+           among: str) -> list[str]:
+    """The names in `weights` (name -> module) that any selector picks, in their order. A selector
+    that picks none is an error naming the nearest candidates."""
+    picked = set()
+    for selector in selectors:
+        hits = {name for name, module in weights.items() if selects(selector, name, module)}
+        if not hits:
+            raise ValueError(f"{field}: {getattr(selector, '__name__', selector)!r} matches no {among}; "
+                             f"nearest: {near_candidates(selector, weights)}")
+        picked |= hits
+    return [name for name in weights if name in picked]
+
+
+def near_candidates(selector: Selector, weights: dict[str, nn.Module | None]) -> list[str]:
+    """What the user may have meant: the closest weight and module names, or the module types."""
+    if isinstance(selector, type):
+        return sorted({type(module).__name__ for module in weights.values() if module is not None})
+    names = list(weights) + sorted({name.rpartition(".")[0] for name in weights} - {""})
+    return difflib.get_close_matches(selector, names, n=6, cutoff=0.3) or names[:6]
+
+
+def masked_weights(model: nn.Module, extra: tuple[Selector, ...] = (),
+                   depthwise: bool = False) -> dict[str, nn.Parameter]:
+    """The weights that carry masks, in model order: those of `masked_by_default` modules and those
+    that `extra` selects, only those that train (requires_grad). A tied Parameter is masked once,
+    under the name that selected it: a name `extra` picks before a name picked by default."""
+    weights = model_weights(model)
+    named = set(select(extra, {n: m for n, (_, m) in weights.items()}, "extra_weights", "weight of the model (ndim >= 2)"))
+    default = {n for n, (_, module) in weights.items() if masked_by_default(module, depthwise)}
+    found, seen = set(), set()
+    for chosen in (named, default):
+        for name, (param, _) in weights.items():
+            if name in chosen and param.requires_grad and id(param) not in seen:
+                found.add(name)
+                seen.add(id(param))
+    return {name: param for name, (param, _) in weights.items() if name in found}
 
 
 def dense_parameters(model: nn.Module, masked: dict[str, nn.Parameter]) -> dict[str, str]:
-    """Every weight (ndim >= 2) that carries no mask, and why: frozen, tied, or of a kind that is
-    sparsified only when named in extra_weights. Biases and norms are never masked (not listed)."""
+    """Every weight (ndim >= 2) that carries no mask, and why: frozen, tied to a masked one, a
+    depthwise convolution, or of a kind masked only when selected. Biases and norms never are."""
     owner = {id(p): n for n, p in masked.items()}
-    modules = dict(model.named_modules(remove_duplicate=False))
     reasons = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if param.ndim < 2 or masked.get(name) is param:
+    for name, (param, module) in model_weights(model).items():
+        if masked.get(name) is param:
             continue
-        kind = type(modules[name.rpartition(".")[0]]).__name__
         reasons[name] = ("frozen (requires_grad=False)" if not param.requires_grad
                          else f"tied to {owner[id(param)]}, masked there" if id(param) in owner
-                         else f"a {kind} parameter: name it in extra_weights to sparsify it")
+                         else "a depthwise convolution: mask_depthwise=True sparsifies it" if is_depthwise(module)
+                         else f"a {type(module).__name__} weight: select it in extra_weights to sparsify it")
     return reasons
 
 
-def dense_layers_of(names: list[str], config: SparsityConfig) -> tuple[str, ...]:
-    """The layers kept dense by choice: `config.dense_layers` (module or weight names), or by
-    default the first layer for uniform (TF, RR) and none for ER/ERK (their capping decides)."""
+def left_dense(model: nn.Module, masked: dict[str, nn.Parameter]) -> dict[str, nn.Module]:
+    """The trainable weights (ndim >= 2) that stay dense because of their module's type, each
+    Parameter once: the weights a user may not know are dense, with their modules."""
+    seen = {id(p) for p in masked.values()}
+    found = {}
+    for name, (param, module) in model_weights(model).items():
+        if param.requires_grad and id(param) not in seen:
+            found[name] = module
+            seen.add(id(param))
+    return found
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model under torch.compile's wrapper (`_orig_mod`) and (Distributed)DataParallel's
+    (`module`): the module whose parameter names the user writes."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def dense_layers_of(names: list[str], config: SparsityConfig,
+                    candidates: dict[str, tuple[str, nn.Module | None]] | None = None) -> tuple[str, ...]:
+    """The layers kept dense by choice: the masked weights that `config.dense_layers` selects, or
+    by default the first layer for uniform (TF, RR) and none for ER/ERK (their capping decides).
+    `candidates` maps every name of a masked weight (a tied one has several) to its masked name
+    and module; without it, the masked names alone (no module types)."""
     if config.dense_layers is None:
         return (names[0],) if config.distribution == "uniform" and names else ()
-    resolved = tuple(n if n in names else f"{n}.weight" for n in config.dense_layers)
-    unknown = [n for n, r in zip(config.dense_layers, resolved) if r not in names]
-    if unknown:
-        raise ValueError(f"dense_layers names no masked layer: {unknown}; the masked layers are {names}")
-    return resolved
+    candidates = candidates or {n: (n, None) for n in names}
+    picked = select(config.dense_layers, {n: m for n, (_, m) in candidates.items()}, "dense_layers",
+                    "masked weight")
+    chosen = {candidates[n][0] for n in picked}
+    return tuple(n for n in names if n in chosen)
 
 
 def initial_densities(shapes: dict[str, torch.Size], config: SparsityConfig) -> dict[str, float]:
@@ -277,11 +373,17 @@ def top_k_mask(scores: torch.Tensor, k: int, generator: torch.Generator) -> torc
     mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     if k == 0:
         return mask.view_as(scores)
-    threshold = flat.topk(k, sorted=False).values.min()
-    mask |= flat > threshold
-    tied = torch.nonzero(flat == threshold).squeeze(1)
-    needed = k - int(mask.sum())
-    mask[tied[torch.randperm(len(tied), generator=generator, device=flat.device)[:needed]]] = True
+    values, indices = flat.topk(k, sorted=False)
+    threshold = values.min()
+    above = values > threshold  # every score above the k-th largest is among the top k
+    tied = flat == threshold
+    needed, n_tied = k - int(torch.count_nonzero(above)), int(torch.count_nonzero(tied))
+    chosen = torch.randperm(n_tied, generator=generator, device=flat.device)[:needed]
+    if needed == n_tied:  # no tie reaches past the k-th: the top k are the mask
+        mask[indices] = True
+    else:
+        mask[indices[above]] = True
+        mask[torch.nonzero(tied).squeeze(1)[chosen]] = True
     return mask.view_as(scores)
 
 
@@ -332,14 +434,15 @@ def is_update_step(step: int, update_interval: int, t_end: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def drop_mask(weight: torch.Tensor, mask: torch.Tensor, k: int,
-              generator: torch.Generator) -> torch.Tensor:
-    """Drop: of the active weights, remove the k with the smallest |w|; returns those kept.
+def drop_mask(weight: torch.Tensor, mask: torch.Tensor, k: int, generator: torch.Generator,
+              n_active: int | None = None) -> torch.Tensor:
+    """Drop: of the active weights (`n_active` of them, if counted), remove the k with the
+    smallest |w|; returns those kept.
 
     kept = ArgTopK(|w| over active, n_active - k)
     """
-    n_keep = int(mask.sum()) - k
-    return top_k_mask(weight.abs().masked_fill(~mask, -math.inf), n_keep, generator)
+    n_active = int(torch.count_nonzero(mask)) if n_active is None else n_active
+    return top_k_mask(torch.where(mask, weight.abs(), -math.inf), n_active - k, generator)
 
 
 def grow_mask(scores: torch.Tensor, kept: torch.Tensor, k: int,
@@ -388,49 +491,80 @@ def redistribute(total: int, layer_scores: dict[str, float],
 
 
 class Sparsity:
-    """Sparse training of a model's Conv2d and Linear weights by `config.method`.
+    """Sparse training of a model's convolution, Linear and Conv1D weights by `config.method`.
 
     Build it after the model is on its device and the optimizer exists, then per training step:
     `loss.backward()`; `if not sparsity.replaces_optimizer_step(): optimizer.step()`;
-    `sparsity.apply_masks()`. `total_steps`, the training steps of the whole run, fixes T_end.
+    `sparsity.apply_masks()`; or hand `sparsity.wrap(optimizer)` to a trainer, whose step() runs
+    those lines. `total_steps`, the training steps of the whole run, fixes T_end.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                  config: SparsityConfig, total_steps: int):
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
+        model = unwrapped(model)  # names without torch.compile's "_orig_mod." or DDP's "module."
         self.config, self.optimizer, self.total_steps = config, optimizer, total_steps
-        self.weights = masked_weights(model, config.extra_weights)
+        self.weights = masked_weights(model, config.extra_weights, config.mask_depthwise)
         if not self.weights:
-            raise ValueError("the model has no trainable Conv2d or Linear weight to make sparse")
-        for name, reason in dense_parameters(model, self.weights).items():
-            log.info("left dense: %s, %s", name, reason)
-        self.dense_layers = dense_layers_of(list(self.weights), config)
-        self.initial_densities = initial_densities({n: w.shape for n, w in self.weights.items()}, config)
+            raise ValueError(f"the model has no trainable convolution, Linear or Conv1D weight to make sparse; "
+                             f"select weights with extra_weights, among {list(model_weights(model))[:8]}")
+        self.parameter_count = sum(p.numel() for p in model.parameters())
+        self._report_dense(model)
+        self.dense_layers = self._dense_layers(model)
+        self.initial_densities = distribute_density({n: w.shape for n, w in self.weights.items()}, config,
+                                                    self.dense_layers)
         self.t_end = int(config.t_end * total_steps)
         self.step_count = 0
         self.last_update = {"step": 0, "drop_fraction": 0.0, "grown": 0}
         device = next(iter(self.weights.values())).device
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
-        # A layer at density 1 carries no mask: for RigL and SET an update could only regrow what
-        # it dropped, and layers forced dense stay dense under SNFS's redistribution too.
-        self.masks = {name: random_mask(w.shape, active_count(self.initial_densities[name], w.numel()),
-                                        self.generator)
-                      for name, w in self.weights.items() if self.initial_densities[name] < 1.0}
-        if config.method == "pruning":  # every layer not kept dense by choice is pruned, from dense
-            self.masks = {name: torch.ones_like(w, dtype=torch.bool) for name, w in self.weights.items()
-                          if name not in self.dense_layers}
+        self.masks = self._initial_masks()
         self.t_start = int(config.t_start * total_steps)
         if config.method == "pruning" and self.t_end <= self.t_start:
             raise ValueError(f"pruning never prunes: its start (step {self.t_start}, t_start {config.t_start:g}) is "
                              f"not before T_end (step {self.t_end}, t_end {config.t_end:g}) of {total_steps} steps; "
                              f"lengthen the run or move t_start and t_end apart")
         self.masks_changed = False
+        self._gradient_hooks = []
         self.apply_masks()
         self._log_dense_choice()
         if config.method in DROP_AND_GROW and self.t_end <= config.update_interval:
             log.warning("no mask will change: the first update is at step ΔT = %d, not before T_end = %d "
                         "of %d steps", config.update_interval, self.t_end, total_steps)
+
+    def _dense_layers(self, model: nn.Module) -> tuple[str, ...]:
+        """config.dense_layers resolved over every name of the masked weights (a tied one has several)."""
+        masked_name = {id(w): n for n, w in self.weights.items()}
+        candidates = {n: (masked_name[id(p)], m) for n, (p, m) in model_weights(model).items()
+                      if id(p) in masked_name}
+        return dense_layers_of(list(self.weights), self.config, candidates)
+
+    def _initial_masks(self) -> dict[str, torch.Tensor]:
+        """Exact random masks. A layer at density 1 carries no mask: for RigL and SET an update could
+        only regrow what it dropped, and layers forced dense stay dense under SNFS's redistribution
+        too. Pruning masks every layer not kept dense by choice, and starts dense."""
+        if self.config.method == "pruning":
+            return {name: torch.ones_like(w, dtype=torch.bool) for name, w in self.weights.items()
+                    if name not in self.dense_layers}
+        return {name: random_mask(w.shape, active_count(self.initial_densities[name], w.numel()), self.generator)
+                for name, w in self.weights.items() if self.initial_densities[name] < 1.0}
+
+    def _report_dense(self, model: nn.Module) -> None:
+        """Each weight left dense at INFO with its reason, and one WARNING for those left dense by
+        their module's type: how many, their share of the parameters, and how to select them."""
+        for name, reason in dense_parameters(model, self.weights).items():
+            log.info("left dense: %s, %s", name, reason)
+        dense = left_dense(model, self.weights)
+        if not dense:
+            return
+        share = sum(model_weights(model)[n][0].numel() for n in dense) / self.parameter_count
+        kinds = sorted({type(m).__name__ for m in dense.values()})
+        shown = ", ".join(list(dense)[:4]) + (", ..." if len(dense) > 4 else "")
+        log.warning("%d weight(s), %.1f%% of the parameters, stay dense (of %s: %s): select them in "
+                    "extra_weights by name, glob pattern or module type%s", len(dense), 100 * share,
+                    ", ".join(kinds), shown, "; mask_depthwise=True masks depthwise convolutions"
+                    if any(is_depthwise(m) for m in dense.values()) else "")
 
     def _log_dense_choice(self) -> None:
         if self.config.method in UNMASKED:
@@ -468,6 +602,34 @@ class Sparsity:
             self.mask_gradients()
         return False
 
+    def wrap(self, optimizer: torch.optim.Optimizer | None = None) -> "SparseOptimizer":
+        """The optimizer as one whose step() runs the loop's lines: count the step, drop and grow or
+        mask the gradients, step unless replaced, re-apply the masks. For trainers that call
+        `optimizer.step()` themselves (Hugging Face Trainer, accelerate, Lightning). Gradients of
+        masked weights are also zeroed as backward writes them, so that clipping between backward and
+        step() sees the gradients the step uses; its state_dict() carries the masks."""
+        self.optimizer = self.optimizer or optimizer  # its state is reset where connections grow
+        if self.optimizer is None or optimizer not in (None, self.optimizer):
+            raise ValueError("wrap(optimizer): give the optimizer this Sparsity was built with")
+        if not self._gradient_hooks:
+            self._gradient_hooks = [w.register_post_accumulate_grad_hook(self._mask_gradient_hook(name))
+                                    for name, w in self.weights.items()]
+        return SparseOptimizer(self.optimizer, self)
+
+    def _mask_gradient_hook(self, name: str):
+        def mask_gradient(weight: torch.Tensor) -> None:
+            mask = self.masks.get(name)
+            if mask is not None and self.masks_gradients(self.step_count + 1):
+                weight.grad.mul_(mask)
+        return mask_gradient
+
+    def masks_gradients(self, step: int) -> bool:
+        """Whether training step `step` zeroes the gradients of masked weights: all but drop-and-grow
+        update steps, which rank dense gradients, and SNFS, whose momentum is dense."""
+        cfg = self.config
+        update = cfg.method in DROP_AND_GROW and is_update_step(step, cfg.update_interval, self.t_end)
+        return not update and cfg.method != "snfs"
+
     def gradients_finite(self) -> bool:
         grads = [self.weights[name].grad for name in self.masks]
         return all(bool(torch.isfinite(g).all()) for g in grads if g is not None)
@@ -490,10 +652,10 @@ class Sparsity:
     @torch.no_grad()
     def drop_and_grow(self, drop_fraction: float) -> None:
         """One drop-and-grow update of every sparse layer with drop fraction α_t."""
-        before = {name: int(mask.sum()) for name, mask in self.masks.items()}
+        before = self.active_counts()
         # k = floor(α_t · n_active)   (TF sparse_optimizers_base.py)
         n_drop = {name: math.floor(drop_fraction * n) for name, n in before.items()}
-        kept = {name: drop_mask(self.weights[name], self.masks[name], n_drop[name], self.generator)
+        kept = {name: drop_mask(self.weights[name], self.masks[name], n_drop[name], self.generator, before[name])
                 for name in self.masks}
         n_grow = self._regrowth_counts(n_drop, kept)
         grown = 0
@@ -512,7 +674,7 @@ class Sparsity:
             return n_drop
         score = {name: (self.momentum(name) if statistic == "momentum" else self.gradient(name))
                  .abs()[mask].mean().item() for name, mask in self.masks.items()}
-        capacity = {name: k.numel() - int(k.sum()) for name, k in kept.items()}
+        capacity = {name: k.numel() - int(torch.count_nonzero(k)) for name, k in kept.items()}
         return redistribute(sum(n_drop.values()), score, capacity)
 
     @torch.no_grad()
@@ -522,7 +684,7 @@ class Sparsity:
         names = list(self.masks)
         scores = torch.cat([self.weights[n].abs().masked_fill(~self.masks[n], -math.inf).flatten()
                             for n in names])
-        n_keep = min(round(density * scores.numel()), int(sum(int(self.masks[n].sum()) for n in names)))
+        n_keep = min(round(density * scores.numel()), sum(self.active_counts().values()))
         keep = top_k_mask(scores, n_keep, self.generator).split([self.masks[n].numel() for n in names])
         for name, kept in zip(names, keep):
             self._replace_mask(name, kept.view_as(self.masks[name]))
@@ -571,7 +733,7 @@ class Sparsity:
                 if torch.is_tensor(state) and state.shape == weight.shape:
                     state.mul_(survivors)
         self.masks[name] = new
-        return int((new & ~old).sum())
+        return int(torch.count_nonzero(new & ~old))
 
     def _optimizer_state(self, weight: torch.Tensor) -> dict:
         """The optimizer's state of a weight ({} without an optimizer, or before its first step)."""
@@ -586,8 +748,12 @@ class Sparsity:
         self.masks = {name: mask.to(self.generator.device, torch.bool) for name, mask in masks.items()}
         self.apply_masks()
 
+    def active_counts(self) -> dict[str, int]:
+        """Every mask's number of active weights."""
+        return {name: int(torch.count_nonzero(mask)) for name, mask in self.masks.items()}
+
     def _check_counts(self, before: dict[str, int]) -> None:
-        after = {name: int(mask.sum()) for name, mask in self.masks.items()}
+        after = self.active_counts()
         if self.config.method in REDISTRIBUTING:
             assert sum(after.values()) == sum(before.values()), "redistribution keeps the global count"
         else:
@@ -597,9 +763,9 @@ class Sparsity:
 
     def layer_stats(self) -> list[dict]:
         """Per masked weight: name, shape, density, active and total weights, as masked now."""
-        rows = []
+        rows, counts = [], self.active_counts()
         for name, weight in self.weights.items():
-            active = int(self.masks[name].sum()) if name in self.masks else weight.numel()
+            active = counts.get(name, weight.numel())
             rows.append({"name": name, "shape": tuple(weight.shape), "density": active / weight.numel(),
                          "active": active, "total": weight.numel()})
         return rows
@@ -618,7 +784,9 @@ class Sparsity:
         cfg, rows, total = self.config, self.layer_stats(), self.total_row()
         width = max(len(r["name"]) for r in rows)
         lines = [f"Sparsity(method={cfg.method}, distribution={cfg.distribution}, "
-                 f"density={total['density']:.4f}, step={self.step_count}/{self.total_steps}, "
+                 f"density={total['density']:.4f} of the masked weights, which are "
+                 f"{100 * total['total'] / self.parameter_count:.1f}% of the parameters, "
+                 f"step={self.step_count}/{self.total_steps}, "
                  f"update_interval={cfg.update_interval}, t_end={self.t_end})"]
         for r in rows + [total]:
             lines.append(f"  {r['name']:<{width}}  {str(r['shape']):<16}  {r['density']:7.4f}  "
@@ -640,16 +808,74 @@ class Sparsity:
             if mask.shape != self.masks[name].shape or mask.dtype != torch.bool:
                 raise ValueError(f"mask {name} is {mask.dtype} of shape {tuple(mask.shape)}, expected "
                                  f"torch.bool of shape {tuple(self.masks[name].shape)}")
-        active = sum(int(m.sum()) for m in masks.values())
-        expected = sum(int(m.sum()) for m in self.masks.values())
+        active = sum(int(torch.count_nonzero(m)) for m in masks.values())
+        expected = sum(self.active_counts().values())
         if self.config.method != "pruning" and active != expected:
             raise ValueError(f"the masks hold {active:,} active weights; this configuration keeps {expected:,}")
         for name, mask in masks.items():
             self.masks[name] = mask.to(self.masks[name].device)
         self.step_count = state["step_count"]
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # a trainer may have moved it
         self.last_update = dict(state["last_update"])
         self.apply_masks()
+
+
+class SparseOptimizer(torch.optim.Optimizer):
+    """`Sparsity.wrap(optimizer)`: the optimizer, with the training loop's sparse lines in step().
+
+    A torch Optimizer, so that learning-rate schedulers, GradScaler and trainers accept it; its
+    param_groups, state and defaults are the wrapped optimizer's own. A GradScaler that finds
+    non-finite gradients skips step(), and with it the step's count and any mask update.
+    """
+
+    _step_supports_amp_scaling = False  # GradScaler unscales before step(): the update ranks true gradients
+
+    def __init__(self, optimizer: torch.optim.Optimizer, sparsity: Sparsity):  # the state stays in `optimizer`
+        self.optimizer, self.sparsity = optimizer, sparsity
+
+    param_groups = property(lambda self: self.optimizer.param_groups,
+                            lambda self, value: setattr(self.optimizer, "param_groups", value))
+    state = property(lambda self: self.optimizer.state, lambda self, value: setattr(self.optimizer, "state", value))
+    defaults = property(lambda self: self.optimizer.defaults,
+                        lambda self, value: setattr(self.optimizer, "defaults", value))
+
+    def __getattr__(self, name: str):  # hooks and flags of the wrapped optimizer
+        if name in ("optimizer", "sparsity"):
+            raise AttributeError(name)
+        return getattr(self.optimizer, name)
+
+    def step(self, closure=None):
+        """The loop's lines: `if not sparsity.replaces_optimizer_step(): optimizer.step()`, then
+        `sparsity.apply_masks()`. A closure (Lightning passes one) runs forward and backward first."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if not self.sparsity.replaces_optimizer_step():
+            self.optimizer.step()
+        self.sparsity.apply_masks()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict) -> None:
+        self.optimizer.add_param_group(param_group)
+
+    def state_dict(self) -> dict:
+        """The wrapped optimizer's state_dict, and the masks under "sparsity": trainers that
+        checkpoint the optimizer checkpoint the masks too."""
+        return {**self.optimizer.state_dict(), "sparsity": self.sparsity.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        sparsity = state_dict.pop("sparsity", None)
+        self.optimizer.load_state_dict(state_dict)
+        if sparsity is not None:
+            self.sparsity.load_state_dict(sparsity)
+
+    def __repr__(self) -> str:
+        return f"SparseOptimizer({self.optimizer!r})"
 
 
 if __name__ == "__main__":  # python rigl.py train | flops | sweep | report | bench | export

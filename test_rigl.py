@@ -167,7 +167,7 @@ def test_dense_layers_override_and_unknown_names():
     sparsity = Sparsity(model, None, cfg, 100)
     assert set(sparsity.dense_layers) == {"4.weight", "10.weight"}
     assert "4.weight" not in sparsity.masks and "0.weight" in sparsity.masks  # first layer now sparse
-    with pytest.raises(ValueError, match="dense_layers names no masked layer: \\['nope'\\]"):
+    with pytest.raises(ValueError, match="dense_layers: 'nope' matches no masked weight; nearest: "):
         Sparsity(model, None, SparsityConfig(dense_layers=("nope",)), 100)
 
 
@@ -665,11 +665,11 @@ def attention_and_conv1d_net() -> nn.Module:
 def test_other_layers_are_logged_dense_or_sparsified_when_named(caplog):
     with caplog.at_level("INFO", logger="rigl"):
         Sparsity(attention_and_conv1d_net(), None, SparsityConfig(density=0.2), 10)
-    assert "conv.weight, a Conv1d parameter: name it in extra_weights" in caplog.text
-    assert "attn.in_proj_weight, a MultiheadAttention parameter" in caplog.text
+    assert "attn.in_proj_weight, a MultiheadAttention weight: select it in extra_weights" in caplog.text
+    assert "conv.weight" not in caplog.text  # a Conv1d is masked by default
     model = attention_and_conv1d_net()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    cfg = SparsityConfig(density=0.2, update_interval=2, t_end=1.0, extra_weights=("conv", "attn.in_proj_weight"))
+    cfg = SparsityConfig(density=0.2, update_interval=2, t_end=1.0, extra_weights="*.in_proj_weight")
     sparsity = Sparsity(model, optimizer, cfg, total_steps=20)
     assert set(sparsity.weights) == {"conv.weight", "attn.in_proj_weight", "attn.out_proj.weight", "head.weight"}
     counts, grown = {r["name"]: r["active"] for r in sparsity.layer_stats()}, 0
@@ -686,7 +686,7 @@ def test_other_layers_are_logged_dense_or_sparsified_when_named(caplog):
     assert grown > 0
     for name, mask in sparsity.masks.items():
         assert torch.all(sparsity.weights[name][~mask] == 0), name
-    with pytest.raises(ValueError, match="extra_weights: 'attn.bias_k' names no weight"):
+    with pytest.raises(ValueError, match="extra_weights: 'attn.bias_k' matches no weight of the model"):
         Sparsity(model, None, SparsityConfig(extra_weights="attn.bias_k"), 10)
 
 
@@ -731,6 +731,7 @@ def test_load_state_dict_refuses_masks_of_another_kind_or_count(damage, message)
     ("t_end", 0.0, "t_end must satisfy 0 < t_end <= 1"),
     ("erk_power_scale", math.inf, "erk_power_scale must satisfy 0 <= erk_power_scale < inf"),
     ("erk_power_scale", math.nan, "erk_power_scale must satisfy 0 <= erk_power_scale < inf"),
+    ("extra_weights", ("conv", 3), "extra_weights must hold names, glob patterns or module types, got \\[3\\]"),
 ])
 def test_bad_configuration_names_the_field_and_range(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -104,6 +104,10 @@ MAY_DIFFER = ("device", "data_dir", "workers")
 """Settings that do not change a run's numbers: where it runs and where its data lie."""
 
 
+ADDED_LATER = {"mask_depthwise": False}
+"""Fields added after runs were written, with the value those runs trained with."""
+
+
 def may_differ(train: dict) -> tuple[str, ...]:
     """MAY_DIFFER of a run's train section. On ImageNet --workers changes the numbers: each
     DataLoader worker augments with its own random stream, so 1 and 2 workers train differently."""
@@ -111,11 +115,15 @@ def may_differ(train: dict) -> tuple[str, ...]:
 
 
 def config_differences(saved: dict, now: dict) -> list[str]:
-    """Fields that differ between a saved run and the one asked for, but those that may_differ."""
+    """Fields that differ between a saved run and the one asked for, but those that may_differ; a
+    field the saved run predates counts as the value it trained with (ADDED_LATER)."""
     free = may_differ(now["train"])
-    return [f"{key} (run has {saved.get(section, {}).get(key)!r}, asked for {value!r})"
+
+    def saved_value(section, key):
+        return saved.get(section, {}).get(key, ADDED_LATER.get(key))
+    return [f"{key} (run has {saved_value(section, key)!r}, asked for {value!r})"
             for section in ("train", "sparsity") for key, value in now[section].items()
-            if key not in free and saved.get(section, {}).get(key) != value]
+            if key not in free and saved_value(section, key) != value]
 
 
 def read_config(out: Path) -> tuple[dict, dict]:

@@ -199,3 +199,11 @@ def test_lottery_trains_only_the_final_masks_at_the_density_asked_for(tmp_path, 
     one_line_error(lottery(unfinished), "masks have density 0.1000, not the 0.2540 of its summary.json")
     result = lottery(pruning_run)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_run_written_before_a_field_existed_resumes_with_that_fields_old_value():
+    now = {"train": {"epochs": 2}, "sparsity": {"density": 0.1, "mask_depthwise": False}}
+    before = {"train": {"epochs": 2}, "sparsity": {"density": 0.1}}  # config.json of an older version
+    assert runs.config_differences(before, now) == []
+    asked = {**now, "sparsity": {"density": 0.1, "mask_depthwise": True}}
+    assert runs.config_differences(before, asked) == ["mask_depthwise (run has False, asked for True)"]
