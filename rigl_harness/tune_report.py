@@ -91,11 +91,12 @@ def plot_search(study, row: dict, path: Path) -> Path:
                label="reference (α = 0.3, ΔT = 100)")
     ax.scatter([row["best_drop_fraction"]], [row["best_update_interval"]], marker="*", s=260,
                facecolors="none", edgecolors="black", linewidths=1.2, label=f"best (trial {row['best_trial']})")
-    space = study.user_attrs["space"]
-    ax.set_xlim(*space["alpha_range"])
-    ax.set_ylim(space["interval_range"][0], space["interval_range"][1])
-    ax.set(xlabel="drop fraction α", ylabel="update interval ΔT (steps)", title=f"{study.study_name}: trials")
-    report.legend_outside(ax)
+    (a_low, a_high), (t_low, t_high, _) = study.user_attrs["space"]["alpha_range"], study.user_attrs["space"]["interval_range"]
+    ax.set_xlim(a_low - 0.03 * (a_high - a_low), a_high + 0.03 * (a_high - a_low))  # the whole search space
+    ax.set_ylim(t_low - 0.03 * (t_high - t_low), t_high + 0.03 * (t_high - t_low))
+    ax.set(xlabel="drop fraction α", ylabel="update interval ΔT (steps)",
+           title=f"{study.study_name}: finished trials")
+    ax.legend(loc="best", fontsize=8, framealpha=0.8)
     return report.save(figure, path)
 
 
@@ -106,7 +107,9 @@ def plot_history(study, path: Path) -> Path:
     numbers, values = [t.number for t in trials], [t.value for t in trials]
     ax.plot(numbers, values, "o", label="trial")
     ax.step(numbers, [max(values[:i + 1]) for i in range(len(values))], where="post", label="best so far")
-    ax.set(xlabel="trial", ylabel="validation accuracy (%), mean over seeds",
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="trial (number in the study)", ylabel="validation accuracy (%), mean over seeds",
            title=f"{study.study_name}: optimisation history")
     ax.grid(alpha=0.3)
     report.legend_outside(ax)

@@ -159,7 +159,7 @@ def test_two_workers_share_one_study_on_a_journal_file(tmp_path):
 POSTGRES = os.environ.get("RIGL_TEST_POSTGRES_URL")
 
 
-@pytest.mark.skipif(not POSTGRES, reason="set RIGL_TEST_POSTGRES_URL=postgresql://user:password@host/db "
+@pytest.mark.skipif(not POSTGRES, reason="set RIGL_TEST_POSTGRES_URL=postgresql+psycopg2://user:password@host/db "
                                          "(an empty database) to test two workers against PostgreSQL")
 def test_two_workers_share_one_study_on_postgresql(tmp_path):
     root = tmp_path / "root"
