@@ -73,13 +73,13 @@ def run_settings(path, train: dict, sparse: dict) -> dict:
     interval = sparse["update_interval"] if method in CHANGES_EVERY_INTERVAL else SparsityConfig.update_interval
     variant = (f" α={alpha:g}" if alpha != SparsityConfig.drop_fraction else "") + \
         (f" ΔT={interval}" if interval != SparsityConfig.update_interval else "") + \
-        (f" lr={train['lr']:g}" if train["lr"] != recipe_lr(train) else "")
+        (f" lr={train['lr']:g}" if train.get("lr") not in (None, recipe_lr(train)) else "")
     record = {"path": str(path), "dataset": train["dataset"], "model": train["model"], "method": method,
               "distribution": NO_DISTRIBUTION if method in UNMASKED else sparse["distribution"],
               # Dense is trained at d = 1 whatever --density said; Small-Dense keeps the d it matches.
               "density": 1.0 if method == "dense" else sparse["density"],
               "multiplier": train["multiplier"], "seed": train["seed"],
-              "drop_fraction": alpha, "update_interval": interval, "lr": train["lr"], "variant": variant}
+              "drop_fraction": alpha, "update_interval": interval, "lr": train.get("lr"), "variant": variant}
     settings = {f"{name}.{key}": value for name, section in (("train", train), ("sparsity", sparse))
                 for key, value in section.items() if key not in MAY_DIFFER + ("seed", "mask_from")}
     settings.update({f"sparsity.{key}": record[key] for key in ("distribution", "density", "drop_fraction",
@@ -89,7 +89,7 @@ def run_settings(path, train: dict, sparse: dict) -> dict:
 
 def recipe_lr(train: dict) -> float:
     """The learning rate of the run's dataset recipe at its batch size: a row names any other."""
-    return resolve_recipe(TrainConfig(dataset=train["dataset"], batch_size=train["batch_size"])).lr
+    return resolve_recipe(TrainConfig(dataset=train["dataset"], batch_size=train.get("batch_size"))).lr
 
 
 def run_record(path) -> dict:
@@ -343,6 +343,7 @@ def plot_accuracy_vs_lr(groups: list[dict], path) -> Path | None:
     """The report's learning-rate study: test accuracy against lr (log axis), one line with a ±std
     band per (method, distribution, density, α, ΔT). None unless some setting has several lrs."""
     series: dict[str, list[dict]] = {}
+    groups = [g for g in groups if g["lr"] is not None]  # a configuration that does not record it
     for group in sorted(groups, key=lambda g: (row_order(tuple(g[k] for k in ROW_KEYS)), g["lr"])):
         label = (f"{method_name(group['method'])}{DISTRIBUTION_SUFFIX.get(group['distribution'], '')} "
                  f"d={group['density']:g} α={group['drop_fraction']:g} ΔT={group['update_interval']}")
@@ -481,7 +482,7 @@ def group_slug(group: dict) -> str:
     """A file name part naming one group unambiguously, ASCII only."""
     return (f"{group['dataset']}-{group['model']}-{group['method']}-{group['distribution']}"
             f"-d{group['density']:g}-x{group['multiplier']:g}-a{group['drop_fraction']:g}"
-            f"-dt{group['update_interval']}-lr{group['lr']:g}")
+            f"-dt{group['update_interval']}" + ("" if group["lr"] is None else f"-lr{group['lr']:g}"))
 
 
 def report_figures(runs: list[dict], groups: list[dict], folder: Path) -> list[Path]:
