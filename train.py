@@ -387,14 +387,21 @@ def end_epoch(run: Run, out: Path, console, losses: list, regrown: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def start_run(cfg: TrainConfig, sparse_cfg: SparsityConfig, out: Path, resume: bool, console) -> dict:
+def start_run(cfg: TrainConfig, sparse_cfg: SparsityConfig, out: Path, resume: bool | None, console) -> dict:
     """Create or resume the run directory `out` of a resolved configuration and train, holding its
-    lock (under torchrun every process trains; rank 0 locks, prints and writes)."""
+    lock (under torchrun every process trains; rank 0 locks, prints and writes). resume=None (a
+    sweep's or tune's cell) takes the directory as it is under the lock: a finished run of the same
+    settings is returned untouched, a checkpoint resumed, anything else started."""
     out, sparse_cfg = Path(out), replace(sparse_cfg, seed=cfg.seed)  # one seed for the run and its masks
     config = runs.run_config(cfg, sparse_cfg)
     distributed.init(cfg.device)
     main = distributed.is_main_process()
     with runs.locked(out) if main else contextlib.nullcontext():
+        if resume is None:
+            resume = (out / "checkpoint.pt").exists()
+            if (out / "summary.json").exists():
+                runs.check_out_dir(out, config, resume)
+                return runs.read_json(out / "summary.json")
         runs.check_out_dir(out, config, resume)
         run = build_run(cfg, sparse_cfg)
         console = console if main else terminal.silent_console()  # one rank speaks and writes

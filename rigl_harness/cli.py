@@ -19,7 +19,7 @@ except ModuleNotFoundError as error:
 
 import flops
 from rigl import Distribution, Method, SparsityConfig
-from rigl_harness import bench, report, runs, sweep, terminal
+from rigl_harness import bench, report, runs, sweep, terminal, tune
 from rigl_harness.deploy import export, inference
 from rigl_harness.distributed import pick_device
 from rigl_harness.options import comma_separated, configs_from_options, help_of
@@ -160,16 +160,21 @@ def flops_command(
 # ---------------------------------------------------------------------------------------------
 
 
-def train_options_of(ctx: typer.Context) -> dict:
-    """The `train` options that follow a sweep's own, parsed by `train` itself (its defaults
-    filled in); the grid's fields, --mask-from, --out and --resume are the sweep's to set."""
+SWEEP_SETS = {field for field, _ in sweep.AXES.values()} | {"mask_from", "out", "resume"}
+"""The `train` options a sweep sets for each cell."""
+TUNE_SETS = {"drop_fraction", "update_interval", "seed", "mask_from", "out", "resume"}
+"""The `train` options tune sets for each run of a trial."""
+
+
+def train_options_of(ctx: typer.Context, reserved: set[str], hint: str) -> dict:
+    """The `train` options that follow a sweep's or tune's own, parsed by `train` itself (its
+    defaults filled in); those in `reserved` are the command's to set, and refused with `hint`."""
     train = ctx.parent.command.get_command(ctx.parent, "train")
     parsed = train.make_context("train", list(ctx.args), parent=ctx.parent)
-    reserved = {field for field, _ in sweep.AXES.values()} | {"mask_from", "out", "resume"}
     given = [n for n in parsed.params if n in reserved and parsed.get_parameter_source(n).name == "COMMANDLINE"]
     if given:
-        raise runs.UsageError(f"sweep sets {', '.join('--' + n.replace('_', '-') for n in given)} for each "
-                              f"cell: use its grid options (--methods, --densities, --seeds, ...)")
+        raise runs.UsageError(f"{ctx.info_name} sets {', '.join('--' + n.replace('_', '-') for n in given)} "
+                              f"for each run: {hint}")
     return parsed.params
 
 
@@ -184,18 +189,69 @@ def sweep_command(
     multipliers: Annotated[str, typer.Option(help="Comma-separated values of --multiplier.")] = str(T.multiplier),
     drop_fractions: Annotated[str, typer.Option(help="Comma-separated values of --drop-fraction (α).")] = str(S.drop_fraction),
     update_intervals: Annotated[str, typer.Option(help="Comma-separated values of --update-interval (ΔT).")] = str(S.update_interval),
+    lrs: Annotated[str, typer.Option(help="Comma-separated values of --lr; empty: the dataset's recipe.")] = "",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and their state; train nothing.")] = False,
 ) -> None:
     """Run a grid of training runs one after another into ROOT, one run directory per cell;
     finished cells are skipped and an interrupted one resumes, so a killed sweep restarts where
-    it stopped. Every other `train` option (python rigl.py train --help) applies to all cells."""
+    it stopped. Several sweeps on one ROOT split the grid: a cell another process is training is
+    skipped. Every other `train` option (python rigl.py train --help) applies to all cells."""
     grid_options, console = dict(locals()), terminal.make_console()
     with terminal.user_errors(console, lambda: "interrupted: rerun the same sweep to continue where it stopped"):
-        options, grid = train_options_of(ctx), sweep.parse_grid(grid_options)
+        options = train_options_of(ctx, SWEEP_SETS, "use its grid options (--methods, --densities, --seeds, ...)")
+        grid = sweep.parse_grid(grid_options)
         empty = [axis for axis, values in grid.items() if not values]
         if empty:
             raise ValueError(f"--{empty[0].replace('_', '-')} needs at least one value")
         sweep.run_grid(Path(root), grid, options, dry_run, console)
+
+
+# ---------------------------------------------------------------------------------------------
+# tune: the report's α/ΔT search, Table 4 (tune.py)
+# ---------------------------------------------------------------------------------------------
+
+TS = tune.TuneSettings
+
+
+@app.command("tune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def tune_command(
+    ctx: typer.Context,
+    root: Annotated[str, typer.Argument(help="Directory of the studies' run directories, tune.journal and Table 4 (give it first).")],
+    density: DensityOption = S.density,
+    distribution: DistributionOption = S.distribution,
+    method: MethodOption = S.method,
+    trials: Annotated[int, typer.Option(help=help_of(TS, "trials"))] = TS.trials,
+    seeds: Annotated[str, typer.Option(help=help_of(TS, "seeds"))] = ",".join(map(str, TS.seeds)),
+    alpha_range: Annotated[str, typer.Option(help=help_of(TS, "alpha_range"), metavar="LOW,HIGH")] = ",".join(map(str, TS.alpha_range)),
+    interval_range: Annotated[str, typer.Option(help=help_of(TS, "interval_range"), metavar="LOW,HIGH,STEP")] = ",".join(map(str, TS.interval_range)),
+    startup_trials: Annotated[int, typer.Option(help=help_of(TS, "startup_trials"))] = TS.startup_trials,
+    sampler_seed: Annotated[int, typer.Option(help=help_of(TS, "sampler_seed"))] = TS.sampler_seed,
+    storage: Annotated[Optional[str], typer.Option(help="An Optuna RDB URL (postgresql://user:password@host/db, mysql://...) for workers on several machines. Default: ROOT/tune.journal.")] = None,
+) -> None:
+    """Search α and ΔT with TPE for one (method, distribution, density), the objective the mean
+    over --seeds of the final validation accuracy; resumes to exactly --trials finished trials,
+    and several processes on one ROOT share the study. Writes ROOT/tune.md, ROOT/tune.csv and
+    ROOT/figures/tune-*.png. Every other `train` option applies to every run."""
+    console = terminal.make_console()
+    with terminal.user_errors(console, lambda: "interrupted: the trial is failed and its runs resume when tune is started again"):
+        options = train_options_of(ctx, TUNE_SETS, "tune searches α and ΔT, and takes its seeds from --seeds")
+        settings = tune_settings(trials, seeds, alpha_range, interval_range, startup_trials, sampler_seed)
+        cfg, sparse_cfg = configs_from_options({**options, "method": method, "density": density,
+                                                "distribution": distribution, **tune.REFERENCE})
+        tune.tune(Path(root), cfg, sparse_cfg, settings, storage, console)
+
+
+def tune_settings(trials: int, seeds: str, alpha_range: str, interval_range: str, startup_trials: int,
+                  sampler_seed: int) -> tune.TuneSettings:
+    """The search's options, parsed; a malformed range named in one line."""
+    try:
+        alphas, intervals = comma_separated(alpha_range, float), comma_separated(interval_range, int)
+        seed_list = comma_separated(seeds, int)
+    except ValueError:
+        raise ValueError("--seeds takes integers, --alpha-range LOW,HIGH and --interval-range LOW,HIGH,STEP numbers") from None
+    if len(alphas) != 2 or len(intervals) != 3:
+        raise ValueError("--alpha-range takes LOW,HIGH and --interval-range LOW,HIGH,STEP")
+    return tune.TuneSettings(trials, seed_list, alphas, intervals, startup_trials, sampler_seed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from rich.table import Table
 from flops import NO_DISTRIBUTION
 from rigl import CHANGES_EVERY_INTERVAL, DROP_AND_GROW, UNMASKED, Method, SparsityConfig
 from rigl_harness.runs import atomic_write, may_differ, read_config, read_json, write_text
+from train import TrainConfig, resolve_recipe
 
 SPELLING = {"rigl": "RigL", "set": "SET", "snfs": "SNFS", "sg": "SG", "sm": "SM"}
 """The words of method names that the report does not write capitalised: "rigl-sg" -> "RigL-SG"."""
@@ -40,7 +41,7 @@ def method_name(method: str) -> str:
 
 
 GROUP_KEYS = ("dataset", "model", "method", "distribution", "multiplier", "drop_fraction",
-              "update_interval", "density")
+              "update_interval", "lr", "density")
 """A group is every run with the same configuration but the seed."""
 ROW_KEYS = GROUP_KEYS[:-1]
 """A table row is a group without its density: the densities are the columns."""
@@ -72,18 +73,24 @@ def run_settings(path, train: dict, sparse: dict) -> dict:
     alpha = sparse["drop_fraction"] if method in DROP_AND_GROW else SparsityConfig.drop_fraction
     interval = sparse["update_interval"] if method in CHANGES_EVERY_INTERVAL else SparsityConfig.update_interval
     variant = (f" α={alpha:g}" if alpha != SparsityConfig.drop_fraction else "") + \
-        (f" ΔT={interval}" if interval != SparsityConfig.update_interval else "")
+        (f" ΔT={interval}" if interval != SparsityConfig.update_interval else "") + \
+        (f" lr={train['lr']:g}" if train.get("lr") not in (None, recipe_lr(train)) else "")
     record = {"path": str(path), "dataset": train["dataset"], "model": train["model"], "method": method,
               "distribution": NO_DISTRIBUTION if method in UNMASKED else sparse["distribution"],
               # Dense is trained at d = 1 whatever --density said; Small-Dense keeps the d it matches.
               "density": 1.0 if method == "dense" else sparse["density"],
               "multiplier": train["multiplier"], "seed": train["seed"],
-              "drop_fraction": alpha, "update_interval": interval, "variant": variant}
+              "drop_fraction": alpha, "update_interval": interval, "lr": train.get("lr"), "variant": variant}
     settings = {f"{name}.{key}": value for name, section in (("train", train), ("sparsity", sparse))
                 for key, value in section.items() if key not in may_differ(train) + ("seed", "mask_from")}
     settings.update({f"sparsity.{key}": record[key] for key in ("distribution", "density", "drop_fraction",
                                                                "update_interval")})
     return {**record, "settings": settings}
+
+
+def recipe_lr(train: dict) -> float:
+    """The learning rate of the run's dataset recipe at its batch size: a row names any other."""
+    return resolve_recipe(TrainConfig(dataset=train["dataset"], batch_size=train.get("batch_size"))).lr
 
 
 def run_record(path) -> dict:
@@ -196,7 +203,7 @@ def row_order(row_key: tuple) -> tuple:
     return (row["dataset"], row["model"], row["multiplier"],
             distributions.index(row["distribution"]) if row["distribution"] in distributions else 99,
             methods.index(row["method"]) if row["method"] in methods else 99,
-            row["method"], row["drop_fraction"], row["update_interval"])
+            row["method"], row["drop_fraction"], row["update_interval"], row["lr"])
 
 
 def format_ratio(ratio: float | None) -> str:
@@ -234,7 +241,7 @@ def table_rows(groups: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 CSV_COLUMNS = ("dataset", "model", "method", "distribution", "multiplier", "drop_fraction",
-               "update_interval", "density", "n", "test_mean", "test_std", "train_flops_ratio",
+               "update_interval", "lr", "density", "n", "test_mean", "test_std", "train_flops_ratio",
                "inference_flops_ratio")
 
 
@@ -359,6 +366,35 @@ def plot_accuracy_vs_density(groups: list[dict], path) -> Path | None:
     return save(figure, path)
 
 
+def plot_accuracy_vs_lr(groups: list[dict], path) -> Path | None:
+    """The report's learning-rate study: test accuracy against lr (log axis), one line with a ±std
+    band per (method, distribution, density, α, ΔT). None unless some setting has several lrs."""
+    series: dict[str, list[dict]] = {}
+    groups = [g for g in groups if g["lr"] is not None]  # a configuration that does not record it
+    for group in sorted(groups, key=lambda g: (row_order(tuple(g[k] for k in ROW_KEYS)), g["lr"])):
+        label = (f"{method_name(group['method'])}{DISTRIBUTION_SUFFIX.get(group['distribution'], '')} "
+                 f"d={group['density']:g} α={group['drop_fraction']:g} ΔT={group['update_interval']}")
+        series.setdefault(label, []).append(group)
+    if not any(len(members) > 1 for members in series.values()):
+        return None
+    figure, ax = new_axes()
+    for i, (label, members) in enumerate(series.items()):
+        x, y = [g["lr"] for g in members], [g["test_mean"] for g in members]
+        std = [g["test_std"] for g in members]
+        ax.plot(x, y, markersize=4, label=label, **series_style(i))
+        ax.fill_between(x, [a - s for a, s in zip(y, std)], [a + s for a, s in zip(y, std)],
+                        color=series_style(i)["color"], alpha=0.15, linewidth=0)
+    ax.set_xscale("log")
+    lrs = sorted({g["lr"] for g in groups})
+    ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
+    ax.minorticks_off()
+    ax.set(xlabel="learning rate (log scale)", ylabel="test accuracy (%)",
+           title="Test accuracy against learning rate (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    legend_outside(ax)
+    return save(figure, path)
+
+
 def plot_accuracy_vs_flops(groups: list[dict], path) -> Path | None:
     """Test accuracy against training FLOPs (×dense on the 1× schedule), error bars = std: methods
     compared at equal training cost. Colour = table row, marker = density. None when no run
@@ -478,13 +514,14 @@ def group_slug(group: dict) -> str:
     """A file name part naming one group unambiguously, ASCII only."""
     return (f"{group['dataset']}-{group['model']}-{group['method']}-{group['distribution']}"
             f"-d{group['density']:g}-x{group['multiplier']:g}-a{group['drop_fraction']:g}"
-            f"-dt{group['update_interval']}")
+            f"-dt{group['update_interval']}" + ("" if group["lr"] is None else f"-lr{group['lr']:g}"))
 
 
 def report_figures(runs: list[dict], groups: list[dict], folder: Path) -> list[Path]:
     """Every figure of the report that the runs can fill; the paths written."""
     written = [plot_accuracy_vs_density(groups, folder / "accuracy_vs_density.png"),
-               plot_accuracy_vs_flops(groups, folder / "accuracy_vs_flops.png")]
+               plot_accuracy_vs_flops(groups, folder / "accuracy_vs_flops.png"),
+               plot_accuracy_vs_lr(groups, folder / "accuracy_vs_lr.png")]
     chosen = representative_run(runs)
     if chosen is not None:
         written.append(plot_layer_densities(chosen, folder / "layer_densities.png"))

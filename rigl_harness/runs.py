@@ -30,6 +30,10 @@ class UsageError(ValueError):
     """A problem the user can fix from the command line; printed without a traceback."""
 
 
+class RunBusy(UsageError):
+    """Another live process holds the run directory's lock."""
+
+
 class Diverged(UsageError):
     """The training loss became NaN or infinite: the run stops, its last good checkpoint kept."""
 
@@ -146,8 +150,8 @@ def locked(out: Path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UsageError(f"{out} is being written by another process; wait for it to finish or "
-                             f"choose another --out") from None
+            raise RunBusy(f"{out} is being written by another process; wait for it to finish or "
+                          f"choose another --out") from None
         yield
 
 

@@ -14,14 +14,18 @@ from train import start_run
 AXES = {"methods": ("method", str), "densities": ("density", float),
         "distributions": ("distribution", str), "seeds": ("seed", int),
         "multipliers": ("multiplier", float), "drop_fractions": ("drop_fraction", float),
-        "update_intervals": ("update_interval", int)}
-"""The grid's options: option name -> (configuration field, type of its comma-separated values)."""
+        "update_intervals": ("update_interval", int), "lrs": ("lr", float)}
+"""The grid's options: option name -> (configuration field, type of its comma-separated values).
+An empty --lrs is the recipe's learning rate."""
 
 
 def parse_grid(options: dict[str, str]) -> dict[str, list]:
     """Each axis's comma-separated values, typed: {"densities": [0.1, 0.2], ...}."""
     grid = {}
     for axis, (field, kind) in AXES.items():
+        if axis == "lrs" and not str(options[axis]).strip():
+            grid[axis] = [None]  # the dataset's recipe
+            continue
         try:
             grid[axis] = [kind(v) for v in str(options[axis]).split(",") if v.strip()]
         except ValueError:
@@ -63,7 +67,8 @@ def varied_fields(grid: dict[str, list], found: list[dict]) -> set[str]:
 
 
 def cell_name(cell: dict, varied: set[str]) -> str:
-    """A readable run directory name, e.g. rigl-erk-d0.1-x1.0-s0 (α and ΔT when the sweep varies them)."""
+    """A readable run directory name, e.g. rigl-erk-d0.1-x1.0-s0 (α and ΔT when the sweep varies
+    them, the learning rate when --lrs gives one)."""
     name = cell["method"] if cell["method"] == "dense" else \
         f"{cell['method']}-{cell['distribution']}-d{cell['density']}"
     name += f"-x{cell['multiplier']}"
@@ -71,6 +76,8 @@ def cell_name(cell: dict, varied: set[str]) -> str:
         name += f"-a{cell['drop_fraction']}"
     if "update_interval" in varied:
         name += f"-dt{cell['update_interval']}"
+    if cell.get("lr") is not None:
+        name += f"-lr{cell['lr']}"
     return name + f"-s{cell['seed']}"
 
 
@@ -92,22 +99,37 @@ def cell_configs(options: dict, cell: dict, root: Path, varied: set[str]) -> tup
 
 
 def run_grid(root: Path, grid: dict, options: dict, dry_run: bool, console) -> None:
-    """Every cell's configuration checked first, then the cells trained one after another."""
+    """Every cell's configuration checked first, then the cells trained one after another. A cell
+    that another live process holds (its run lock) is skipped, so that several sweeps on one ROOT
+    split the grid between them, each cell run once."""
     if "lottery" in grid["methods"] and "pruning" not in grid["methods"]:
         raise ValueError("lottery cells retrain the masks of pruning cells: add pruning to --methods")
     found = cells(grid)
     varied = varied_fields(grid, found)
     configs = [cell_configs(options, cell, root, varied) for cell in found]
     for cell, (cfg, sparse_cfg) in zip(found, configs):  # a cell is done only with the settings asked for
-        out = root / cell_name(cell, varied)
-        saved = runs.read_json(out / "config.json") if (out / "config.json").exists() else None
-        differences = runs.config_differences(saved, runs.run_config(cfg, sparse_cfg)) if saved else []
-        if differences:
-            raise runs.UsageError(f"{out} holds a run with other settings: {'; '.join(differences)}; "
-                                  f"sweep into another ROOT")
+        check_cell(root / cell_name(cell, varied), cfg, sparse_cfg)
+    skipped = []
     for i, (cell, (cfg, sparse_cfg)) in enumerate(zip(found, configs), 1):
         out = root / cell_name(cell, varied)
         state = cell_state(out)
         console.print(f"[{i}/{len(found)}] {out.name}: {state}", highlight=False)
-        if not dry_run and state != "done":
-            start_run(cfg, sparse_cfg, out, state == "resume", console)
+        if dry_run or state == "done":
+            continue
+        try:
+            start_run(cfg, sparse_cfg, out, None, console)  # resume or start: decided under the run's lock
+        except runs.RunBusy:
+            console.print(f"[{i}/{len(found)}] {out.name}: held by another process, skipped", highlight=False)
+            skipped.append(out.name)
+    if skipped:
+        console.print(f"{len(skipped)} cell(s) were being trained by other processes: report once they finish",
+                      highlight=False)
+
+
+def check_cell(out: Path, cfg, sparse_cfg) -> None:
+    """Refuse a cell whose directory holds a run of other settings, naming the fields."""
+    saved = runs.read_json(out / "config.json") if (out / "config.json").exists() else None
+    differences = runs.config_differences(saved, runs.run_config(cfg, sparse_cfg)) if saved else []
+    if differences:
+        raise runs.UsageError(f"{out} holds a run with other settings: {'; '.join(differences)}; "
+                              f"sweep into another ROOT")

@@ -55,17 +55,19 @@ def test_a_sweep_refuses_cells_trained_with_other_settings(tmp_path):
     base = ["sweep", str(tmp_path), "--methods", "static", *SWEEP_SMOKE]
     first = cli(*base, "--epochs", "1")
     assert first.returncode == 0, first.stdout + first.stderr
-    again = cli(*base, "--epochs", "2", "--lr", "0.05")
+    again = cli(*base, "--epochs", "2", "--momentum", "0.8")
     message = " ".join(again.stdout.split())
     assert again.returncode == 2 and "static-erk-d0.1-x1.0-dt4-s0 holds a run with other settings" in message
-    assert "epochs (run has 1, asked for 2)" in message and "lr (run has 0.1, asked for 0.05)" in message
+    assert "epochs (run has 1, asked for 2)" in message and "momentum (run has 0.9, asked for 0.8)" in message
     assert cli(*base, "--epochs", "1").returncode == 0  # the same settings: done, nothing to do
 
 
 @pytest.mark.parametrize("args, message", [
     (["--densities", "abc"], "--densities takes comma-separated float values"),
     (["--methods", ""], "--methods needs at least one value"),
-    (["--density", "0.2"], "sweep sets --density for each cell"),
+    (["--density", "0.2"], "sweep sets --density for each run"),
+    (["--lr", "0.05"], "sweep sets --lr for each run"),
+    (["--lrs", "0.1,x"], "--lrs takes comma-separated float values"),
 ])
 def test_bad_sweep_grids_get_one_line(tmp_path, args, message):
     result = cli("sweep", str(tmp_path), "--dry-run", *args)
@@ -81,3 +83,22 @@ def test_a_lottery_sweep_resumes_with_root_spelled_otherwise(tmp_path):
     assert first.returncode == 0, first.stdout + first.stderr
     again = cli(args[0], str(tmp_path / "sweeps"), *args[1:])
     assert again.returncode == 0 and again.stdout.count(": done") == 2, again.stdout + again.stderr
+
+
+def test_two_sweeps_on_one_root_split_the_grid_each_cell_once(tmp_path):
+    """The report's learning-rate study in small: --lrs × seeds, two sweep processes at once."""
+    args = [sys.executable, "rigl.py", "sweep", str(tmp_path), "--methods", "static", "--lrs", "0.1,0.05",
+            "--seeds", "0,1", *SWEEP_SMOKE, "--train-subset", "256", "--val-size", "128", "--workers", "0",
+            "--epochs", "1"]
+    workers = [subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    cells = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert cells == [f"static-erk-d0.1-x1.0-dt4-lr{lr}-s{s}" for lr in (0.05, 0.1) for s in (0, 1)]
+    assert sum(out.count("done: test acc") for out in outputs) == 4  # each cell trained by one process
+    assert all(len(read_jsonl(tmp_path / cell / "metrics.jsonl")) == 1 for cell in cells)
+    report_run = cli("report", str(tmp_path))
+    assert report_run.returncode == 0, report_run.stdout + report_run.stderr
+    assert "Static (ERK) lr=0.05" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "figures" / "accuracy_vs_lr.png").stat().st_size > 5000

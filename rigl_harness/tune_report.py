@@ -1,0 +1,135 @@
+"""Table 4 of the report from the studies of `tune`: the reference (α = 0.3, ΔT = 100) against the best trial, with figures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from pathlib import Path
+
+from rigl_harness import report, runs
+
+COLUMNS = ("method", "distribution", "density", "trials", "reference_val_mean", "reference_val_std",
+           "reference_test_mean", "reference_test_std", "best_trial", "best_drop_fraction",
+           "best_update_interval", "best_val_mean", "best_val_std", "best_test_mean", "best_test_std")
+"""ROOT/tune.csv: one row per study, accuracies in %, std the sample std over seeds."""
+
+
+def finished_trials(study) -> list:
+    from optuna.trial import TrialState
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def trial_accuracies(root: Path, trial) -> dict:
+    """Validation and test accuracy of a trial's runs, mean and sample std over seeds, read back
+    from their run directories as `report` reads them."""
+    records = [report.run_record(root / name) for name in trial.user_attrs["runs"]]
+    result = {}
+    for key in ("val", "test"):
+        values = [r[f"{key}_acc"] for r in records]
+        result[f"{key}_mean"] = statistics.fmean(values)
+        result[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return result
+
+
+def study_row(root: Path, study) -> dict | None:
+    """Table 4's row of one study: its reference trial and its best trial, chosen by validation
+    accuracy alone. None before the reference trial has finished."""
+    trials = finished_trials(study)
+    reference = [t for t in trials if t.user_attrs.get("reference")]
+    if not reference:
+        return None
+    best = max(trials, key=lambda t: (t.value, -t.number))
+    config = study.user_attrs["config"]["sparsity"]
+    row = {"method": config["method"], "distribution": config["distribution"], "density": config["density"],
+           "trials": len(trials), "best_trial": best.number,
+           "best_drop_fraction": best.params["drop_fraction"], "best_update_interval": best.params["update_interval"]}
+    row.update({f"reference_{k}": v for k, v in trial_accuracies(root, reference[0]).items()})
+    row.update({f"best_{k}": v for k, v in trial_accuracies(root, best).items()})
+    return row
+
+
+def pm(row: dict, key: str) -> str:
+    return f"{row[key + '_mean']:.2f} ± {row[key + '_std']:.2f}"
+
+
+def markdown(rows: list[dict]) -> str:
+    """Table 4's layout: per (distribution, density), the reference against the best trial."""
+    lines = ["Accuracy (%) on the validation and the test set, mean ± sample std over seeds, of the "
+             "reference (α = 0.3, ΔT = 100) and of the trial with the best mean validation accuracy.", "",
+             "| method | distribution | density | trials | reference val | reference test | best α | best ΔT "
+             "| best val | best test |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {report.method_name(r['method'])} | {r['distribution']} | {r['density']:g} | {r['trials']} "
+                     f"| {pm(r, 'reference_val')} | {pm(r, 'reference_test')} | {r['best_drop_fraction']:g} "
+                     f"| {r['best_update_interval']} | {pm(r, 'best_val')} | {pm(r, 'best_test')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(root: Path, rows: list[dict]) -> list[Path]:
+    """ROOT/tune.md and ROOT/tune.csv, each replaced whole."""
+    md, table = root / "tune.md", markdown(rows)
+    runs.write_text(md, table)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    runs.write_text(root / "tune.csv", text.getvalue())
+    return [md, root / "tune.csv"]
+
+
+def plot_search(study, row: dict, path: Path) -> Path:
+    """α × ΔT of every finished trial coloured by its validation accuracy; the reference and the
+    best trial marked."""
+    figure, ax = report.new_axes(7, 4.5)
+    trials = finished_trials(study)
+    points = ax.scatter([t.params["drop_fraction"] for t in trials], [t.params["update_interval"] for t in trials],
+                        c=[t.value for t in trials], cmap="viridis", s=50, edgecolors="black", linewidths=0.5)
+    figure.colorbar(points, ax=ax, label="validation accuracy (%), mean over seeds")
+    ax.scatter([0.3], [100], marker="s", s=160, facecolors="none", edgecolors="red", linewidths=1.5,
+               label="reference (α = 0.3, ΔT = 100)")
+    ax.scatter([row["best_drop_fraction"]], [row["best_update_interval"]], marker="*", s=260,
+               facecolors="none", edgecolors="black", linewidths=1.2, label=f"best (trial {row['best_trial']})")
+    (a_low, a_high), (t_low, t_high, _) = study.user_attrs["space"]["alpha_range"], study.user_attrs["space"]["interval_range"]
+    ax.set_xlim(a_low - 0.03 * (a_high - a_low), a_high + 0.03 * (a_high - a_low))  # the whole search space
+    ax.set_ylim(t_low - 0.03 * (t_high - t_low), t_high + 0.03 * (t_high - t_low))
+    ax.set(xlabel="drop fraction α", ylabel="update interval ΔT (steps)",
+           title=f"{study.study_name}: finished trials")
+    ax.legend(loc="best", fontsize=8, framealpha=0.8)
+    return report.save(figure, path)
+
+
+def plot_history(study, path: Path) -> Path:
+    """Each finished trial's validation accuracy in trial order, and the best so far."""
+    figure, ax = report.new_axes(7, 4)
+    trials = sorted(finished_trials(study), key=lambda t: t.number)
+    numbers, values = [t.number for t in trials], [t.value for t in trials]
+    ax.plot(numbers, values, "o", label="trial")
+    ax.step(numbers, [max(values[:i + 1]) for i in range(len(values))], where="post", label="best so far")
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="trial (number in the study)", ylabel="validation accuracy (%), mean over seeds",
+           title=f"{study.study_name}: optimisation history")
+    ax.grid(alpha=0.3)
+    report.legend_outside(ax)
+    return report.save(figure, path)
+
+
+def write_outputs(root: Path, storage, console) -> list[dict]:
+    """Table 4 (printed, ROOT/tune.md, ROOT/tune.csv) and each study's figures under ROOT/figures/."""
+    import optuna
+    rows, written = [], []
+    for name in sorted(optuna.get_all_study_names(storage)):
+        study = optuna.load_study(study_name=name, storage=storage)
+        row = study_row(root, study)
+        if row is None:
+            continue
+        rows.append(row)
+        written += [plot_search(study, row, root / "figures" / f"tune-{name}-search.png"),
+                    plot_history(study, root / "figures" / f"tune-{name}-history.png")]
+    if not rows:
+        return rows
+    console.print(markdown(rows), highlight=False, soft_wrap=True)
+    for path in write_tables(root, rows) + written:
+        console.print(f"wrote {path}", highlight=False)
+    return rows

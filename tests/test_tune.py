@@ -1,0 +1,200 @@
+"""`python rigl.py tune` (rigl_harness/tune.py): exactly N trials, resumed, shared by workers, refusals."""
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO, cli, read_jsonl, wait_for_first_epoch
+
+optuna = pytest.importorskip("optuna")
+
+TUNE_SMOKE = ["--dataset", "synthetic", "--model", "wrn-10-1", "--train-subset", "256", "--val-size", "128",
+              "--batch-size", "64", "--workers", "0", "--density", "0.2", "--distribution", "uniform"]
+"""A tiny study: 4 steps an epoch, one epoch a run unless told."""
+STUDY = "rigl-uniform-d0.2"
+
+
+def tune_args(root, *extra):
+    return [sys.executable, "rigl.py", "tune", str(root), *TUNE_SMOKE, *extra]
+
+
+def load(root, storage=None):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    storage = storage or JournalStorage(JournalFileBackend(str(root / "tune.journal")))
+    return optuna.load_study(study_name=STUDY, storage=storage).get_trials()
+
+
+def states(trials):
+    return [t.state.name for t in trials]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A finished 3-trial study over seeds 0 and 1, and what tune printed."""
+    root = tmp_path_factory.mktemp("tune") / "root"
+    result = subprocess.run(tune_args(root, "--trials", "3", "--seeds", "0,1", "--epochs", "1"), cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    return root, result.stdout
+
+
+def test_a_study_ends_with_exactly_n_trials_the_first_the_reference(study):
+    root, printed = study
+    trials = load(root)
+    assert states(trials) == ["COMPLETE"] * 3
+    assert trials[0].params == {"drop_fraction": 0.3, "update_interval": 100}
+    assert "trial 2 (3 of 3)" in printed and "best so far" in printed
+    again = cli("tune", str(root), *TUNE_SMOKE, "--trials", "3", "--seeds", "0,1", "--epochs", "1")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "done: test acc" not in again.stdout and len(load(root)) == 3  # nothing more asked or trained
+
+
+def test_the_objective_is_the_mean_final_validation_accuracy_of_the_runs(study):
+    root, _ = study
+    for trial in load(root):
+        assert len(trial.user_attrs["runs"]) == 2
+        finals = [json.loads((root / name / "summary.json").read_text())["final_val_acc"]
+                  for name in trial.user_attrs["runs"]]
+        assert trial.value == pytest.approx(statistics.fmean(finals))
+
+
+def test_table_4_and_its_figures_are_written(study):
+    root, printed = study
+    table = (root / "tune.md").read_text()
+    assert "| RigL | uniform | 0.2 | 3 |" in table and "reference val" in table
+    rows = (root / "tune.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[0].startswith("method,distribution,density,trials,reference_val_mean")
+    best = max(load(root), key=lambda t: (t.value, -t.number))
+    assert f",{best.number},{best.params['drop_fraction']},{best.params['update_interval']}," in rows[1]
+    for figure in ("search", "history"):
+        assert (root / "figures" / f"tune-{STUDY}-{figure}.png").stat().st_size > 5000
+    assert cli("report", str(root)).returncode == 0  # the trials' runs are ordinary run directories
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr", "0.05"], "lr (run has 0.1, asked for 0.05)"),
+    (["--epochs", "2"], "epochs (run has 1, asked for 2)"),
+    (["--seeds", "0"], "seeds (study has [0, 1], asked for [0])"),
+    (["--interval-range", "50,500,50"], "interval_range (study has [50, 1000, 50], asked for [50, 500, 50])"),
+])
+def test_other_fixed_settings_on_the_same_root_are_refused(study, extra, message):
+    root, _ = study
+    args = {"--seeds": "0,1", "--epochs": "1", **dict(zip(extra[::2], extra[1::2]))}
+    result = cli("tune", str(root), *TUNE_SMOKE, "--trials", "4", *[x for kv in args.items() for x in kv])
+    text = " ".join(result.stdout.split())
+    assert result.returncode == 2 and f"the study {STUDY} on this ROOT was started with other settings" in text
+    assert message in text, text
+    assert len(load(root)) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--storage", "nonsense://nowhere"], "--storage nonsense://nowhere cannot be opened"),
+    (["--storage", "postgresql://me:secret@127.0.0.1:9/db"], "--storage postgresql://me:***@127.0.0.1:9/db cannot be opened"),
+    (["--seed", "3"], "tune sets --seed for each run"),
+    (["--alpha-range", "0.4,0.6"], "--alpha-range must lie in (0, 1) and contain the reference α = 0.3"),
+    (["--method", "static"], "tune searches α and ΔT, which static does not use"),
+    (["--val-size", "0"], "--val-size must be at least 1"),
+])
+def test_bad_tune_options_get_one_line(tmp_path, args, message):
+    result = cli("tune", str(tmp_path / "root"), *TUNE_SMOKE, *args)
+    assert result.returncode == 2 and message in " ".join(result.stdout.split()), result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "secret" not in result.stdout
+
+
+def test_a_killed_study_resumes_its_interrupted_trial_and_ends_with_exactly_n(tmp_path):
+    root = tmp_path / "root"
+    args = tune_args(root, "--trials", "3", "--seeds", "0", "--epochs", "2")
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    interrupted = root / "rigl-uniform-d0.2-x1.0-a0.3-dt100-s0"  # the reference, trial 0
+    wait_for_first_epoch(process, interrupted)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert states(load(root)) == ["RUNNING"]  # what the killed process left
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr
+    trials = load(root)
+    assert states(trials) == ["FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
+    assert "trial 0: its process died; failed, and its point asked again" in again.stdout
+    assert trials[1].user_attrs["retry_of"] == 0 and trials[1].params == trials[0].params
+    assert f"resumed {interrupted} at epoch 1" in " ".join(again.stdout.split())
+    assert [r["epoch"] for r in read_jsonl(interrupted / "metrics.jsonl")] == [1, 2]
+    assert "| RigL | uniform | 0.2 | 3 |" in (root / "tune.md").read_text()  # the retry is the reference
+
+
+def run_two_workers(root, *extra):
+    """Two tune processes started together on ROOT; their outputs."""
+    workers = [subprocess.Popen(tune_args(root, *extra), cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    for worker, (out, err) in zip(workers, outputs):
+        assert worker.returncode == 0, out[-3000:] + err
+    return [out for out, _ in outputs]
+
+
+def check_shared_study(root, outputs, trials_wanted, storage=None):
+    """N finished trials, none running, each asked by one worker, no run trained twice."""
+    trials = load(root, storage)
+    assert states(trials) == ["COMPLETE"] * trials_wanted
+    for trial in trials:
+        assert sum(f"trial {trial.number} (" in out for out in outputs) == 1
+    trained = sum(out.count("done: test acc") for out in outputs)
+    run_dirs = {name for t in trials for name in t.user_attrs["runs"]}
+    assert trained == len(run_dirs)
+    assert all(len(read_jsonl(root / name / "metrics.jsonl")) == 1 for name in run_dirs)
+    assert all(out.count("| RigL | uniform | 0.2 |") == 1 for out in outputs)  # each ends with Table 4
+
+
+def test_two_workers_share_one_study_on_a_journal_file(tmp_path):
+    root = tmp_path / "root"
+    outputs = run_two_workers(root, "--trials", "3", "--seeds", "0", "--epochs", "1")
+    check_shared_study(root, outputs, 3)
+
+
+POSTGRES = os.environ.get("RIGL_TEST_POSTGRES_URL")
+
+
+@pytest.mark.skipif(not POSTGRES, reason="set RIGL_TEST_POSTGRES_URL=postgresql+psycopg2://user:password@host/db "
+                                         "(an empty database) to test two workers against PostgreSQL")
+def test_two_workers_share_one_study_on_postgresql(tmp_path):
+    root = tmp_path / "root"
+    storage = optuna.storages.RDBStorage(POSTGRES)
+    for name in optuna.get_all_study_names(storage):  # a fresh study each time
+        optuna.delete_study(study_name=name, storage=storage)
+    outputs = run_two_workers(root, "--trials", "3", "--seeds", "0", "--epochs", "1", "--storage", POSTGRES)
+    check_shared_study(root, outputs, 3, storage)
+    assert not (root / "tune.journal").exists()
+
+
+def test_the_objective_reads_the_final_not_the_best_validation_accuracy(tmp_path):
+    from rigl_harness import tune
+    outs = [tmp_path / "s0", tmp_path / "s1"]
+    for out, (final, best) in zip(outs, [(40.0, 55.0), (50.0, 60.0)]):
+        out.mkdir()
+        (out / "summary.json").write_text(json.dumps({"final_val_acc": final, "best_val_acc": best,
+                                                      "final_test_acc": 99.0}))
+    assert tune.objective(outs) == 45.0
+
+
+def test_each_trial_is_sampled_afresh_so_a_restart_does_not_repeat_points(tmp_path):
+    """Every ask builds its sampler as a restarted worker does; the random start-up points still
+    differ from one another, and the first point is the reference."""
+    from rich.console import Console
+
+    from rigl_harness import tune
+    settings = tune.TuneSettings(trials=6, startup_trials=6)
+    study = tune.open_study(optuna.storages.InMemoryStorage(), STUDY, {"train": {}, "sparsity": {}},
+                            settings.space())
+    points = []
+    for _ in range(6):
+        trial, handle = tune.next_trial(study, tmp_path, settings, Console(file=open(os.devnull, "w")))
+        handle.close()
+        points.append(tuple(trial.params.values()))
+        study.tell(trial, 50.0)
+    assert points[0] == (0.3, 100) and len(set(points)) == 6
+    assert tune.next_trial(study, tmp_path, settings, Console(file=open(os.devnull, "w"))) == "finished"
