@@ -340,6 +340,22 @@ def log_axis_ticks(axis) -> None:
     axis.set_minor_locator(NullLocator())
 
 
+def plot_mean_and_band(ax, x_key: str, members: list[dict], label: str, style: dict) -> None:
+    """One series: the groups' mean test accuracy against `x_key`, with a ±std band."""
+    x, y = [g[x_key] for g in members], [g["test_mean"] for g in members]
+    std = [g["test_std"] for g in members]
+    ax.plot(x, y, markersize=4, label=label, **style)
+    ax.fill_between(x, [a - s for a, s in zip(y, std)], [a + s for a, s in zip(y, std)],
+                    color=style["color"], alpha=0.15, linewidth=0)
+
+
+def log_axis_at(ax, values: list[float]) -> None:
+    """A log x axis with ticks at exactly these values, written plainly."""
+    ax.set_xscale("log")
+    ax.set_xticks(values, [f"{v:g}" for v in values])
+    ax.minorticks_off()
+
+
 def plot_accuracy_vs_density(groups: list[dict], path) -> Path | None:
     """Test accuracy against density, one line with a ±std band per table row, dense dashed.
     None when there is no sparse group: dense alone has no density axis."""
@@ -349,16 +365,9 @@ def plot_accuracy_vs_density(groups: list[dict], path) -> Path | None:
     styles = label_styles(groups)
     figure, ax = new_axes()
     for label, members in series_by_label(sparse).items():
-        x, y = [g["density"] for g in members], [g["test_mean"] for g in members]
-        std = [g["test_std"] for g in members]
-        ax.plot(x, y, markersize=4, label=label, **styles[label])
-        ax.fill_between(x, [a - s for a, s in zip(y, std)], [a + s for a, s in zip(y, std)],
-                        color=styles[label]["color"], alpha=0.15, linewidth=0)
+        plot_mean_and_band(ax, "density", members, label, styles[label])
     plot_dense_reference(groups, ax)
-    ax.set_xscale("log")  # the report's densities (0.05 ... 0.5) are spread evenly on a log axis
-    densities = sorted({g["density"] for g in sparse})
-    ax.set_xticks(densities, [f"{d:g}" for d in densities])
-    ax.minorticks_off()
+    log_axis_at(ax, sorted({g["density"] for g in sparse}))  # the report's 0.05 ... 0.5 spread evenly
     ax.set(xlabel="density d (fraction of weights active; log scale)", ylabel="test accuracy (%)",
            title="Test accuracy against density (mean ± std over seeds)")
     ax.grid(alpha=0.3)
@@ -379,15 +388,8 @@ def plot_accuracy_vs_lr(groups: list[dict], path) -> Path | None:
         return None
     figure, ax = new_axes()
     for i, (label, members) in enumerate(series.items()):
-        x, y = [g["lr"] for g in members], [g["test_mean"] for g in members]
-        std = [g["test_std"] for g in members]
-        ax.plot(x, y, markersize=4, label=label, **series_style(i))
-        ax.fill_between(x, [a - s for a, s in zip(y, std)], [a + s for a, s in zip(y, std)],
-                        color=series_style(i)["color"], alpha=0.15, linewidth=0)
-    ax.set_xscale("log")
-    lrs = sorted({g["lr"] for g in groups})
-    ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
-    ax.minorticks_off()
+        plot_mean_and_band(ax, "lr", members, label, series_style(i))
+    log_axis_at(ax, sorted({g["lr"] for g in groups}))
     ax.set(xlabel="learning rate (log scale)", ylabel="test accuracy (%)",
            title="Test accuracy against learning rate (mean ± std over seeds)")
     ax.grid(alpha=0.3)
