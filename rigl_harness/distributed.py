@@ -40,6 +40,13 @@ def close() -> None:
         dist.destroy_process_group()
 
 
+def wait_for_all() -> None:
+    """Under torchrun, hold every rank here until all arrive: a rank that tore its process group
+    down while rank 0 was still writing the run's last files could abort at exit."""
+    if world()[1] > 1:
+        dist.barrier()
+
+
 def pick_device(name: str) -> torch.device:
     """--device: auto is CUDA when available (this rank's GPU under torchrun), else the CPU."""
     if name == "auto":

@@ -297,6 +297,7 @@ def finish(run, out: Path) -> dict:
     if distributed.is_main_process():
         save_records(out, run.history, run.layer_history)
         write_json(out / "summary.json", result)
+    distributed.wait_for_all()
     return result
 
 
