@@ -520,6 +520,7 @@ class Sparsity:
         device = next(iter(self.weights.values())).device
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.masks = self._initial_masks()
+        self.ever_active = {name: mask.clone() for name, mask in self.masks.items()}
         self.t_start = int(config.t_start * total_steps)
         if config.method == "pruning" and self.t_end <= self.t_start:
             raise ValueError(f"pruning never prunes: its start (step {self.t_start}, t_start {config.t_start:g}) is "
@@ -733,6 +734,7 @@ class Sparsity:
                 if torch.is_tensor(state) and state.shape == weight.shape:
                     state.mul_(survivors)
         self.masks[name] = new
+        self.ever_active[name] |= new
         return int(torch.count_nonzero(new & ~old))
 
     def _optimizer_state(self, weight: torch.Tensor) -> dict:
@@ -746,6 +748,7 @@ class Sparsity:
             if name not in self.weights or mask.shape != self.weights[name].shape:
                 raise ValueError(f"mask {name} of shape {tuple(mask.shape)} fits no masked weight")
         self.masks = {name: mask.to(self.generator.device, torch.bool) for name, mask in masks.items()}
+        self.ever_active = {name: mask.clone() for name, mask in self.masks.items()}  # explored from here on
         self.apply_masks()
 
     def active_counts(self) -> dict[str, int]:
@@ -762,13 +765,33 @@ class Sparsity:
     # -- inspection and checkpoints -----------------------------------------------------------
 
     def layer_stats(self) -> list[dict]:
-        """Per masked weight: name, shape, density, active and total weights, as masked now."""
-        rows, counts = [], self.active_counts()
+        """Per masked weight: name, shape, density, active and total weights, as masked now, and the
+        fraction explored so far (None for the unmasked methods)."""
+        rows, counts, explored = [], self.active_counts(), self.explored_counts()
         for name, weight in self.weights.items():
             active = counts.get(name, weight.numel())
             rows.append({"name": name, "shape": tuple(weight.shape), "density": active / weight.numel(),
-                         "active": active, "total": weight.numel()})
+                         "active": active, "total": weight.numel(),
+                         "explored": None if explored is None else explored[name] / weight.numel()})
         return rows
+
+    def explored_counts(self) -> dict[str, int] | None:
+        """Per masked weight, how many of its weights have been active at least once since the
+        start; a layer without a mask (dense by choice or capping) counts all of its weights. None
+        for the unmasked methods, which explore nothing."""
+        if self.config.method in UNMASKED:
+            return None
+        return {name: int(torch.count_nonzero(self.ever_active[name])) if name in self.ever_active
+                else weight.numel() for name, weight in self.weights.items()}
+
+    def exploration_rate(self) -> float | None:
+        """In-time over-parameterisation rate (Liu et al., ICML 2021, arXiv:2102.02887): the fraction
+        of all masked weights that were active at least once, R = Σ_l |ever active_l| / Σ_l n_l.
+        Static training keeps its density d; every regrown connection new to its layer raises it."""
+        explored = self.explored_counts()
+        if explored is None:
+            return None
+        return sum(explored.values()) / sum(w.numel() for w in self.weights.values())
 
     def densities(self) -> dict[str, float]:
         """Every masked weight's density now (SNFS and RigL-SG/SM move them; pruning lowers them)."""
@@ -778,7 +801,8 @@ class Sparsity:
         """All masked weights together: name "total", active and total counts, overall density."""
         rows = self.layer_stats()
         active, total = sum(r["active"] for r in rows), sum(r["total"] for r in rows)
-        return {"name": "total", "shape": "", "density": active / total, "active": active, "total": total}
+        return {"name": "total", "shape": "", "density": active / total, "active": active, "total": total,
+                "explored": self.exploration_rate()}
 
     def __repr__(self) -> str:
         cfg, rows, total = self.config, self.layer_stats(), self.total_row()
@@ -786,34 +810,46 @@ class Sparsity:
         lines = [f"Sparsity(method={cfg.method}, distribution={cfg.distribution}, "
                  f"density={total['density']:.4f} of the masked weights, which are "
                  f"{100 * total['total'] / self.parameter_count:.1f}% of the parameters, "
+                 f"explored={'n/a' if total['explored'] is None else format(total['explored'], '.4f')}, "
                  f"step={self.step_count}/{self.total_steps}, "
                  f"update_interval={cfg.update_interval}, t_end={self.t_end})"]
+        lines.append(f"  {'weight':<{width}}  {'shape':<16}  {'density':>7}  {'explored':>8}  active / total")
         for r in rows + [total]:
-            lines.append(f"  {r['name']:<{width}}  {str(r['shape']):<16}  {r['density']:7.4f}  "
+            explored = "n/a" if r["explored"] is None else f"{r['explored']:.4f}"
+            lines.append(f"  {r['name']:<{width}}  {str(r['shape']):<16}  {r['density']:7.4f}  {explored:>8}  "
                          f"{r['active']:>11,} / {r['total']:,}")
         return "\n".join(lines)
 
+    def _check_mask_shapes(self, what: str, masks: dict[str, torch.Tensor]) -> None:
+        """Boolean masks of exactly this model's sparse layers and shapes, or a ValueError."""
+        if set(masks) != set(self.masks):
+            raise ValueError(f"checkpoint {what} {sorted(masks)} do not match this model's "
+                             f"sparse layers {sorted(self.masks)}")
+        for name, mask in masks.items():
+            if mask.shape != self.masks[name].shape or mask.dtype != torch.bool:
+                raise ValueError(f"{what[:-1]} {name} is {mask.dtype} of shape {tuple(mask.shape)}, expected "
+                                 f"torch.bool of shape {tuple(self.masks[name].shape)}")
+
     def state_dict(self) -> dict:
         return {"step_count": self.step_count, "masks": {n: m.clone() for n, m in self.masks.items()},
+                "ever_active": {n: m.clone() for n, m in self.ever_active.items()},
                 "generator": self.generator.get_state(), "last_update": dict(self.last_update)}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore state_dict(). Masks must be boolean, of these layers and shapes, and hold as many
-        active weights in all as this configuration does (but for pruning, whose count falls)."""
+        active weights in all as this configuration does (but for pruning, whose count falls). A
+        state saved before exploration was tracked takes its masks as all that was ever active."""
         masks = state["masks"]
-        if set(masks) != set(self.masks):
-            raise ValueError(f"checkpoint masks {sorted(masks)} do not match this model's "
-                             f"sparse layers {sorted(self.masks)}")
-        for name, mask in masks.items():
-            if mask.shape != self.masks[name].shape or mask.dtype != torch.bool:
-                raise ValueError(f"mask {name} is {mask.dtype} of shape {tuple(mask.shape)}, expected "
-                                 f"torch.bool of shape {tuple(self.masks[name].shape)}")
+        ever_active = state.get("ever_active", masks)
+        for what, given in (("masks", masks), ("explored masks", ever_active)):
+            self._check_mask_shapes(what, given)
         active = sum(int(torch.count_nonzero(m)) for m in masks.values())
         expected = sum(self.active_counts().values())
         if self.config.method != "pruning" and active != expected:
             raise ValueError(f"the masks hold {active:,} active weights; this configuration keeps {expected:,}")
         for name, mask in masks.items():
             self.masks[name] = mask.to(self.masks[name].device)
+            self.ever_active[name] = ever_active[name].to(self.masks[name].device) | self.masks[name]
         self.step_count = state["step_count"]
         self.generator.set_state(state["generator"].cpu())  # a trainer may have moved it
         self.last_update = dict(state["last_update"])

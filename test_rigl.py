@@ -624,7 +624,9 @@ def test_state_dict_round_trip_restores_masks_counters_and_generator():
     assert resumed.last_update == straight.last_update
     for name in straight.masks:
         assert torch.equal(straight.masks[name], resumed.masks[name])
+        assert torch.equal(straight.ever_active[name], resumed.ever_active[name])
         assert torch.equal(straight.weights[name], resumed.weights[name])
+    assert resumed.exploration_rate() == straight.exploration_rate() > straight.total_row()["density"]
 
 
 def test_load_state_dict_refuses_other_layers():
@@ -738,13 +740,85 @@ def test_bad_configuration_names_the_field_and_range(field, value, message):
         SparsityConfig(**{field: value})
 
 
-def test_repr_shows_per_layer_density():
-    sparsity = Sparsity(small_net(), None, SparsityConfig(density=0.3), 10)
+def test_repr_shows_per_layer_density_and_exploration():
+    model = small_net()
+    optimizer = sgd(model)
+    sparsity = Sparsity(model, optimizer, SparsityConfig(density=0.3, update_interval=2), 10)
+    train_steps(model, optimizer, sparsity, 4)
     lines = repr(sparsity).splitlines()
-    assert "method=rigl" in lines[0] and f"density={sparsity.total_row()['density']:.4f}" in lines[0]
-    rows = sparsity.layer_stats() + [sparsity.total_row()]
-    assert len(lines) == 1 + len(rows) == 1 + 5 + 1  # header, one line per masked layer, total
+    total = sparsity.total_row()
+    assert "method=rigl" in lines[0] and f"density={total['density']:.4f}" in lines[0]
+    assert f"explored={total['explored']:.4f}" in lines[0] and total["explored"] > total["density"]
+    rows = sparsity.layer_stats() + [total]
+    assert len(lines) == 2 + len(rows) == 2 + 5 + 1  # summary, column names, one line per masked layer, total
     assert len({r["density"] for r in rows}) > 2  # ERK: the layers' densities differ
-    for line, row in zip(lines[1:], rows):
+    for line, row in zip(lines[2:], rows):
         assert line.split()[0] == row["name"]
-        assert f"{row['density']:7.4f}  {row['active']:>11,} / {row['total']:,}" in line, line
+        assert (f"{row['density']:7.4f}  {row['explored']:8.4f}  {row['active']:>11,} / {row['total']:,}"
+                in line), line
+    dense = Sparsity(small_net(), None, SparsityConfig(method="dense"), 10)
+    assert "explored=n/a" in repr(dense).splitlines()[0]
+
+
+# --- rigl.py: exploration, the in-time over-parameterisation rate (Liu et al. 2021) ---------------
+
+
+def exploration_over_training(method: str, steps: int = 40, distribution: str = "erk") -> tuple[Sparsity, list]:
+    """A small net trained `steps` steps at d = 0.2 with ΔT = 2; the rate after every step."""
+    model = small_net()
+    optimizer = sgd(model)
+    sparsity = Sparsity(model, optimizer, SparsityConfig(method=method, density=0.2, update_interval=2, t_end=1.0,
+                                                         distribution=distribution), total_steps=steps + 1)
+    rates = [sparsity.exploration_rate()]
+    for _ in range(steps):
+        train_steps(model, optimizer, sparsity, 1)
+        rates.append(sparsity.exploration_rate())
+    return sparsity, rates
+
+
+@pytest.mark.parametrize("distribution", ["erk", "uniform"])  # uniform: a dense first layer, without a mask
+def test_static_explores_exactly_its_density_and_dense_explores_nothing(distribution):
+    sparsity, rates = exploration_over_training("static", distribution=distribution)
+    density = sparsity.total_row()["density"]
+    assert rates == [density] * len(rates)
+    for row in sparsity.layer_stats():  # a layer's explored fraction is its own density
+        assert row["explored"] == row["density"], row["name"]
+    dense, rates = exploration_over_training("dense", steps=2)
+    assert rates == [None, None, None] and dense.total_row()["explored"] is None
+
+
+@pytest.mark.parametrize("method", ["rigl", "set", "rigl-sm"])
+def test_drop_and_grow_explores_beyond_static_and_never_forgets(method):
+    sparsity, rates = exploration_over_training(method)
+    static_rate = exploration_over_training("static", steps=1)[1][0]
+    assert rates[0] == static_rate  # the same initial masks
+    assert all(later >= earlier for earlier, later in zip(rates, rates[1:]))
+    assert rates[-1] > static_rate + 0.05
+    # what was explored is exactly the union of every mask the run had: recount by hand
+    names = list(sparsity.weights)
+    ever = {n: sparsity.ever_active.get(n) for n in names}
+    assert all(ever[n] is None or torch.equal(ever[n] | sparsity.masks[n], ever[n]) for n in names)
+    counted = sum(int(ever[n].sum()) if ever[n] is not None else sparsity.weights[n].numel() for n in names)
+    assert rates[-1] == counted / sum(w.numel() for w in sparsity.weights.values())
+
+
+def test_a_state_saved_before_exploration_was_tracked_counts_its_masks_as_explored():
+    sparsity, _ = exploration_over_training("rigl", steps=6)
+    state = sparsity.state_dict()
+    del state["ever_active"]
+    fresh = Sparsity(small_net(), None, sparsity.config, total_steps=7)
+    fresh.load_state_dict(state)
+    assert fresh.exploration_rate() == sparsity.total_row()["density"] < sparsity.exploration_rate()
+
+
+def test_exploration_counts_every_connection_that_was_ever_grown():
+    model = small_net()
+    optimizer = sgd(model)
+    sparsity = Sparsity(model, optimizer, SparsityConfig(density=0.2, update_interval=1, t_end=1.0), 4)
+    union = {n: m.clone() for n, m in sparsity.masks.items()}
+    for _ in range(3):
+        train_steps(model, optimizer, sparsity, 1)
+        for name, mask in sparsity.masks.items():
+            union[name] |= mask
+    for name in union:
+        assert torch.equal(sparsity.ever_active[name], union[name]), name

@@ -371,7 +371,8 @@ def end_epoch(run: Run, out: Path, console, losses: list, regrown: int) -> None:
     record = {"epoch": run.epoch, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
               "train_loss": train_loss if math.isfinite(train_loss) else None, "val_acc": evaluate(run, run.data.val),
               "test_acc": evaluate(run, run.data.test), "drop_fraction": alpha if dynamic else 0.0,
-              "regrown": regrown, "elapsed": round(run.elapsed, 3)}
+              "regrown": regrown, "explored": run.sparsity.exploration_rate(),
+              "inference_flops_ratio": run.f_sparse / run.f_dense, "elapsed": round(run.elapsed, 3)}
     run.history.append(record)
     run.layer_history.append({"epoch": run.epoch, "densities": run.sparsity.densities()})
     console.print(terminal.format_record(record), soft_wrap=True, highlight=False)

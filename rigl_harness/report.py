@@ -15,6 +15,7 @@ without figures does not pay for it.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -24,6 +25,7 @@ from typing import get_args
 
 from rich.table import Table
 
+import flops
 from flops import NO_DISTRIBUTION
 from rigl import CHANGES_EVERY_INTERVAL, DROP_AND_GROW, UNMASKED, Method, SparsityConfig
 from rigl_harness.runs import atomic_write, may_differ, read_config, read_json, write_text
@@ -102,12 +104,13 @@ def run_record(path) -> dict:
             # Summaries older than the FLOP accounting have no ratios: None, shown as "n/a".
             "train_flops_ratio": summary.get("train_flops_ratio"),
             "inference_flops_ratio": summary.get("inference_flops_ratio"),
+            "explored": summary.get("explored"),  # None for dense, and for runs older than it
             "epochs": summary.get("epochs"), "layers": summary.get("layers") or [],
-            "densities": read_densities(path)}
+            "densities": read_densities(path), "flops_history": read_flops_history(path)}
 
 
 SUMMARY_NUMBERS = {"final_test_acc": True, "final_val_acc": False, "train_flops_ratio": False,
-                   "inference_flops_ratio": False, "epochs": False}
+                   "inference_flops_ratio": False, "explored": False, "epochs": False}
 """The numbers of summary.json that the report reads, and whether each is required (else null is allowed)."""
 
 
@@ -160,6 +163,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
                        "test_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                        "train_flops_ratio": mean_or_none([r["train_flops_ratio"] for r in members]),
                        "inference_flops_ratio": mean_or_none([r["inference_flops_ratio"] for r in members]),
+                       "explored": mean_or_none([r["explored"] for r in members]),
                        "seeds": [r["seed"] for r in members], "paths": [r["path"] for r in members]})
     return groups
 
@@ -220,8 +224,14 @@ def format_seeds(counts: list[int]) -> str:
     return str(min(counts)) if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
 
 
-def table_rows(groups: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Table 2's layout: a row per method, distribution, multiplier (α, ΔT); a column per density.
+def format_explored(group: dict) -> str:
+    """"0.4312": the mean exploration rate over seeds; "n/a" for dense and runs without it."""
+    return "n/a" if group["explored"] is None else f"{group['explored']:.4f}"
+
+
+def table_rows(groups: list[dict], cell=format_cell) -> tuple[list[str], list[list[str]]]:
+    """Table 2's layout: a row per method, distribution, multiplier (α, ΔT); a column per density,
+    each cell `cell(group)`.
 
     Densities ascend left to right. Dense is trained at d = 1 and so fills the last column, "d = 1",
     alone (the report prints it under d = 0.1; its own column keeps every column one density)."""
@@ -234,7 +244,7 @@ def table_rows(groups: list[dict]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for key in sorted(rows_by_key, key=row_order):
         members = rows_by_key[key]
-        cells = {g["density"]: format_cell(g) for g in members}
+        cells = {g["density"]: cell(g) for g in members}
         rows.append([group_label(members[0], with_task), *[cells.get(d, "") for d in densities],
                      format_seeds([g["n"] for g in members])])
     return header, rows
@@ -242,7 +252,7 @@ def table_rows(groups: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 CSV_COLUMNS = ("dataset", "model", "method", "distribution", "multiplier", "drop_fraction",
                "update_interval", "lr", "density", "n", "test_mean", "test_std", "train_flops_ratio",
-               "inference_flops_ratio")
+               "inference_flops_ratio", "explored")
 
 
 def table_caption(groups: list[dict]) -> str:
@@ -252,12 +262,22 @@ def table_caption(groups: list[dict]) -> str:
             f"column, d = 1.")
 
 
+EXPLORED_CAPTION = ("Exploration (in-time over-parameterisation rate, Liu et al. 2021): the fraction of the "
+                    "masked weights active at least once during training, mean over seeds; static keeps its "
+                    "density, and dense has none.")
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def write_tables(header: list[str], rows: list[list[str]], groups: list[dict], root) -> tuple[Path, Path]:
-    """ROOT/report.md (the formatted table) and ROOT/report.csv (one numeric row per group)."""
+    """ROOT/report.md (Table 2, then the exploration rates in its layout) and ROOT/report.csv
+    (one numeric row per group)."""
     md_path, csv_path = Path(root) / "report.md", Path(root) / "report.csv"
-    lines = [table_caption(groups), "", "| " + " | ".join(header) + " |",
-             "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines = [table_caption(groups), "", *markdown_table(header, rows), "", EXPLORED_CAPTION, "",
+             *markdown_table(*table_rows(groups, format_explored))]
     write_text(md_path, "\n".join(lines) + "\n")
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS, extrasaction="ignore")
@@ -267,8 +287,9 @@ def write_tables(header: list[str], rows: list[list[str]], groups: list[dict], r
     return md_path, csv_path
 
 
-def print_table(header: list[str], rows: list[list[str]], console) -> None:
-    table = Table(*header, title="Test accuracy (%) ± std over seeds (training, inference FLOPs ×dense)")
+def print_table(header: list[str], rows: list[list[str]], console,
+                title: str = "Test accuracy (%) ± std over seeds (training, inference FLOPs ×dense)") -> None:
+    table = Table(*header, title=title)
     for row in rows:
         table.add_row(*row)
     console.print(table)
@@ -431,21 +452,40 @@ def plot_accuracy_vs_flops(groups: list[dict], path) -> Path | None:
     return save(figure, path)
 
 
+def read_jsonl(path: Path) -> list:
+    """The records of a JSON-lines file of a run; [] when it has none (older runs)."""
+    if not path.exists():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except ValueError as error:
+        raise ValueError(f"{path} is not readable JSON lines ({error})") from None
+
+
 def read_densities(run_path) -> list[dict]:
     """densities.jsonl: layer densities at epoch 0 and after every epoch; [] for older runs. A line
     that is not {"epoch": int, "densities": {layer: number}} is named in one line."""
     path = Path(run_path) / "densities.jsonl"
-    if not path.exists():
-        return []
-    try:
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except ValueError as error:
-        raise ValueError(f"{path} is not readable JSON lines ({error})") from None
+    records = read_jsonl(path)
     for i, r in enumerate(records, 1):
         if not (isinstance(r, dict) and isinstance(r.get("epoch"), int) and isinstance(r.get("densities"), dict)
                 and all(is_number(v) for v in r["densities"].values())):
             raise ValueError(f"{path}: record {i} is not {{\"epoch\": int, \"densities\": {{layer: number}}}}")
     return records
+
+
+def read_flops_history(run_path) -> list[tuple[int, float]]:
+    """(step, forward FLOPs of the masks ×dense) after every epoch, from metrics.jsonl; [] for runs
+    older than the record. A record whose step or ratio is not a number is named in one line."""
+    path = Path(run_path) / "metrics.jsonl"
+    points = []
+    for i, r in enumerate(read_jsonl(path), 1):
+        if not isinstance(r, dict) or "inference_flops_ratio" not in r:
+            continue
+        if not (isinstance(r.get("step"), int) and is_number(r["inference_flops_ratio"])):
+            raise ValueError(f"{path}: record {i} has no integer step and numeric inference_flops_ratio")
+        points.append((r["step"], r["inference_flops_ratio"]))
+    return points
 
 
 def run_title(run: dict) -> str:
@@ -500,6 +540,75 @@ def plot_density_over_training(run: dict, path) -> Path | None:
     return save(figure, path)
 
 
+@functools.cache
+def flop_levels(dataset: str, model: str, density: float) -> dict[str, float]:
+    """Forward FLOPs ×dense of fixed uniform ("Random") and ERK masks at d (flops.py's count): the
+    reference levels of the report's density-evolution figure."""
+    counted = flops.counted_model(model, dataset)
+    return {label: flops.method_flops(model, dataset, SparsityConfig(method="static", density=density,
+                                                                     distribution=spread), 1.0, counted)
+            ["inference_flops_ratio"] for label, spread in (("Random (uniform)", "uniform"), ("ERK", "erk"))}
+
+
+def plot_flops_panel(ax, runs: list[dict], levels: dict[str, float]) -> None:
+    """Left panel: each run's forward FLOPs ×dense after every epoch, against the training step,
+    with dense (1) and fixed Random and ERK masks as horizontal lines."""
+    for i, run in enumerate(runs):
+        steps, ratios = zip(*run["flops_history"])
+        ax.plot(steps, ratios, markersize=3, label=group_label(run), **series_style(i))
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="dense")
+    for (label, level), grey in zip(levels.items(), ("0.35", "0.6")):
+        ax.axhline(level, color=grey, linestyle=":", linewidth=1.5, label=f"{label}, fixed")
+    ax.set_yscale("log")
+    log_axis_ticks(ax.yaxis)
+    ax.set(xlabel="training step", ylabel="forward FLOPs (× dense; log scale)", title="FLOPs during training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def plot_final_densities_panel(ax, runs: list[dict]) -> None:
+    """Right panel: the final per-layer densities of the runs side by side, a bar each per layer."""
+    names = [layer["name"] for layer in runs[0]["layers"]]
+    width = 0.8 / len(runs)
+    for i, run in enumerate(runs):
+        final = {layer["name"]: layer["density"] for layer in run["layers"]}
+        ax.bar([j - 0.4 + (i + 0.5) * width for j in range(len(names))], [final.get(n, 0.0) for n in names],
+               width, color=series_style(i)["color"], label=group_label(run))
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    ax.set_yscale("log")
+    log_axis_ticks(ax.yaxis)
+    ax.set(xlabel="layer", ylabel="final density (log scale)", title="Final per-layer densities")
+    ax.grid(axis="y", alpha=0.3)
+    legend_outside(ax, fontsize=7)
+
+
+def plot_flops_over_training(runs: list[dict], path) -> Path:
+    """The report's density-evolution figure for runs of one task and density (one seed of each
+    configuration): their forward FLOPs over training, and their final layer densities."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    first = runs[0]
+    figure = Figure(figsize=(max(14.0, 0.1 * len(first["layers"]) * len(runs)), 5.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    flops_ax, layers_ax = figure.subplots(1, 2, width_ratios=(1, 1.6))
+    plot_flops_panel(flops_ax, runs, flop_levels(first["dataset"], first["model"], first["density"]))
+    plot_final_densities_panel(layers_ax, runs)
+    figure.suptitle(f"{first['dataset']} {first['model']}, d = {first['density']:g}: density distribution evolution")
+    return save(figure, path)
+
+
+def flops_figures(runs: list[dict], groups: list[dict], folder: Path) -> list[Path]:
+    """One density-evolution figure per task and density whose masked runs recorded their FLOPs."""
+    by_path = {run["path"]: run for run in runs}
+    by_task: dict[tuple, list[dict]] = {}
+    for group in groups:
+        run = by_path[group["paths"][0]]
+        if run["flops_history"] and run["layers"] and group["distribution"] != NO_DISTRIBUTION:
+            by_task.setdefault((group["dataset"], group["model"], group["density"]), []).append(run)
+    return [plot_flops_over_training(members, folder / f"flops_over_training_{dataset}-{model}-d{density:g}.png")
+            for (dataset, model, density), members in sorted(by_task.items())]
+
+
 # The whole report.
 
 def representative_run(runs: list[dict]) -> dict | None:
@@ -532,6 +641,7 @@ def report_figures(runs: list[dict], groups: list[dict], folder: Path) -> list[P
         if group["method"] in ("rigl-sg", "rigl-sm"):  # the methods whose layer budgets move
             name = f"density_over_training_{group_slug(group)}.png"
             written.append(plot_density_over_training(by_path[group["paths"][0]], folder / name))
+    written += flops_figures(runs, groups, folder)
     return [path for path in written if path is not None]
 
 
@@ -545,6 +655,9 @@ def make_report(root, console) -> dict:
     groups = aggregate(runs)
     header, rows = table_rows(groups)
     print_table(header, rows, console)
+    if any(g["explored"] is not None for g in groups):
+        print_table(*table_rows(groups, format_explored), console,
+                    title="Explored: fraction of the masked weights ever active (mean over seeds)")
     tables = list(write_tables(header, rows, groups, root))
     figures = report_figures(runs, groups, Path(root) / "figures")
     for path in tables + figures:

@@ -310,7 +310,7 @@ def summary(run) -> dict:
     return {"final_val_acc": run.history[-1]["val_acc"], "final_test_acc": run.history[-1]["test_acc"],
             "best_val_acc": max(vals) if vals else None, "epochs": run.epoch, "steps": run.step,
             "wall_time": round(run.elapsed, 3), "density": run.sparsity.total_row()["density"],
-            "layers": run.sparsity.layer_stats(),
+            "explored": run.sparsity.exploration_rate(), "layers": run.sparsity.layer_stats(),
             "train_flops": run.tally.total, "train_flops_ratio": run.tally.total / dense_1x,
             "inference_flops": run.f_sparse, "inference_flops_ratio": run.f_sparse / run.f_dense,
             "flops_convention": CONVENTION}

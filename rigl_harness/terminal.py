@@ -109,9 +109,11 @@ def format_record(r: dict) -> str:
     """One line per epoch with the same keys every time (docs/run-directories.md, "Metrics")."""
     val = "  n/a" if r["val_acc"] is None else f"{r['val_acc']:5.2f}"
     loss = "   n/a" if r["train_loss"] is None else f"{r['train_loss']:.4f}"
+    explored = "   n/a" if r["explored"] is None else f"{r['explored']:.4f}"
     return (f"epoch {r['epoch']:>4}  step {r['step']:>7}  lr {r['lr']:.5f}  train loss "
             f"{loss}  val acc {val}  test acc {r['test_acc']:5.2f}  drop fraction "
-            f"{r['drop_fraction']:.4f}  regrown {r['regrown']:>7}  elapsed {r['elapsed']:8.1f}s")
+            f"{r['drop_fraction']:.4f}  regrown {r['regrown']:>7}  explored {explored}  "
+            f"inference flops {r['inference_flops_ratio']:.4f}  elapsed {r['elapsed']:8.1f}s")
 
 
 def print_done(summary: dict, out, console) -> None:

@@ -23,9 +23,10 @@ LAYERS = {"conv1.weight": (16, 3, 3, 3), "group1.0.conv1.weight": (32, 16, 3, 3)
 
 def fake_run(root, name, method, distribution, density, seed, test_acc, multiplier=1.0,
              drop_fraction=0.3, update_interval=100, flops=(0.35, 0.35), history=3,
-             layers=LAYERS):
+             layers=LAYERS, explored=None, flops_history=()):
     """A finished run directory as report.py writes it: config.json, summary.json and, unless
-    history is None, densities.jsonl with epochs 0..history (densities drift a little)."""
+    history is None, densities.jsonl with epochs 0..history (densities drift a little); with
+    `flops_history`, metrics.jsonl with one record per ratio."""
     out = root / name
     out.mkdir(parents=True)
     config = {"train": {"dataset": "cifar10", "model": "wrn-22-2", "epochs": 250,
@@ -39,8 +40,12 @@ def fake_run(root, name, method, distribution, density, seed, test_acc, multipli
                "epochs": 250, "steps": 87_891, "wall_time": 1.0, "density": density,
                "layers": [{"name": n, "shape": list(s), "density": final[n], "active": 0, "total": 1}
                           for n, s in layers.items()],
-               "train_flops_ratio": flops[0], "inference_flops_ratio": flops[1]}
+               "train_flops_ratio": flops[0], "inference_flops_ratio": flops[1], "explored": explored}
     (out / "summary.json").write_text(json.dumps(summary))
+    if flops_history:
+        (out / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e + 1, "step": 10 * (e + 1),
+                                                               "inference_flops_ratio": r}) + "\n"
+                                                   for e, r in enumerate(flops_history)))
     if history is not None:
         lines = [json.dumps({"epoch": e, "densities": {n: d * (1 + 0.1 * e * (-1) ** i)
                                                        for i, (n, d) in enumerate(final.items())}})
@@ -238,3 +243,38 @@ def test_methods_are_written_as_the_report_writes_them():
     assert {m: report.method_name(m) for m in get_args(Method)} == {
         "dense": "Dense", "small-dense": "Small-Dense", "static": "Static", "set": "SET", "rigl": "RigL",
         "snfs": "SNFS", "pruning": "Pruning", "lottery": "Lottery", "rigl-sg": "RigL-SG", "rigl-sm": "RigL-SM"}
+
+
+def test_exploration_is_tabulated_beside_table_2_and_in_the_csv(tmp_path):
+    for seed, explored in enumerate([0.30, 0.34]):
+        fake_run(tmp_path, f"rigl-{seed}", "rigl", "erk", 0.1, seed, 92.0, explored=explored)
+        fake_run(tmp_path, f"static-{seed}", "static", "erk", 0.1, seed, 90.0, explored=0.1)
+    fake_run(tmp_path, "dense", "dense", "erk", 0.1, 0, 93.0)
+    console = Console(file=io.StringIO(), width=300)
+    report.make_report(tmp_path, console)
+    lines = (tmp_path / "report.md").read_text(encoding="utf-8").splitlines()
+    explored_table = lines[lines.index(report.EXPLORED_CAPTION):]
+    assert "| RigL (ERK) | 0.3200 |  | 2 |" in explored_table
+    assert "| Static (ERK) | 0.1000 |  | 2 |" in explored_table
+    assert "| Dense |  | n/a | 1 |" in explored_table
+    with open(tmp_path / "report.csv", newline="", encoding="utf-8") as f:
+        parsed = list(csv.DictReader(f))
+    assert float(group_of(parsed, method="rigl")["explored"]) == pytest.approx(0.32)
+    assert group_of(parsed, method="dense")["explored"] == ""
+    assert "Explored" in console.file.getvalue() and "0.3200" in console.file.getvalue()
+
+
+def test_flops_over_training_figure_per_task_and_density(tmp_path):
+    fake_run(tmp_path, "sm", "rigl-sm", "erk", 0.1, 0, 92.0, flops_history=[0.20, 0.24, 0.25])
+    fake_run(tmp_path, "rigl", "rigl", "uniform", 0.1, 0, 92.0, flops_history=[0.13, 0.13, 0.13])
+    fake_run(tmp_path, "old", "rigl", "erk", 0.2, 0, 92.0)  # no metrics.jsonl: no figure at d = 0.2
+    runs = report.collect_runs(tmp_path)
+    assert report.run_record(tmp_path / "sm")["flops_history"] == [(10, 0.20), (20, 0.24), (30, 0.25)]
+    paths = report.flops_figures(runs, report.aggregate(runs), tmp_path / "figures")
+    assert paths == [tmp_path / "figures" / "flops_over_training_cifar10-wrn-22-2-d0.1.png"]
+    assert_png(paths[0])
+    levels = report.flop_levels("cifar10", "wrn-22-2", 0.1)
+    assert levels["Random (uniform)"] < levels["ERK"] < 1  # ERK at d = 0.1 costs more than uniform
+    (tmp_path / "sm" / "metrics.jsonl").write_text('{"step": 1, "inference_flops_ratio": "a"}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl: record 1"):
+        report.run_record(tmp_path / "sm")

@@ -35,10 +35,15 @@ def test_cli_run_writes_config_metrics_summary_and_checkpoint(smoke_run):
     assert {"torch", "git_commit"} <= set(config)
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["epoch"] for m in metrics] == [1, 2]
-    keys = ("epoch", "step", "lr", "train_loss", "val_acc", "test_acc", "drop_fraction", "regrown", "elapsed")
+    keys = ("epoch", "step", "lr", "train_loss", "val_acc", "test_acc", "drop_fraction", "regrown", "explored",
+            "inference_flops_ratio", "elapsed")
     assert all(tuple(m) == keys for m in metrics)  # the fixed keys of README "Metrics", in order
     assert metrics[-1]["step"] == 16 and metrics[0]["regrown"] > 0
     summary = json.loads((out / "summary.json").read_text())
+    # exploration: above the density once connections were regrown, never falling, in the summary too
+    assert 0.1 < metrics[0]["explored"] <= metrics[1]["explored"] == summary["explored"] < 1
+    assert all(layer["density"] <= layer["explored"] <= 1 for layer in summary["layers"])
+    assert metrics[-1]["inference_flops_ratio"] == summary["inference_flops_ratio"] < 1
     assert {"final_val_acc", "final_test_acc", "best_val_acc", "wall_time", "steps", "layers"} <= set(summary)
     assert summary["final_test_acc"] == metrics[-1]["test_acc"]
     allocation = rigl.initial_densities(shapes_of(build_model("wrn-10-1", 10)), SparsityConfig(density=0.1))
@@ -185,6 +190,7 @@ def test_kill_and_resume_ends_bit_identical(tmp_path):
         assert torch.equal(tensor, b["model"][name]), name
     for name, mask in a["sparsity"]["masks"].items():
         assert torch.equal(mask, b["sparsity"]["masks"][name]), name
+        assert torch.equal(a["sparsity"]["ever_active"][name], b["sparsity"]["ever_active"][name]), name
     drop_time = [lambda m: {k: v for k, v in m.items() if k != "elapsed"}][0]
     assert [drop_time(m) for m in read_jsonl(tmp_path / "straight" / "metrics.jsonl")] == \
            [drop_time(m) for m in read_jsonl(killed / "metrics.jsonl")]
