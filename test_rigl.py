@@ -4,6 +4,7 @@ The harness's tests (training loop, command line, FLOPs, reports, export) are in
 """
 
 import ast
+from dataclasses import replace
 import math
 import pathlib
 import sys
@@ -800,6 +801,15 @@ def test_drop_and_grow_explores_beyond_static_and_never_forgets(method):
     assert all(ever[n] is None or torch.equal(ever[n] | sparsity.masks[n], ever[n]) for n in names)
     counted = sum(int(ever[n].sum()) if ever[n] is not None else sparsity.weights[n].numel() for n in names)
     assert rates[-1] == counted / sum(w.numel() for w in sparsity.weights.values())
+
+
+def test_given_masks_start_the_exploration_afresh():
+    sparsity, _ = exploration_over_training("rigl", steps=6)
+    ticket = Sparsity(small_net(), None, replace(sparsity.config, method="static"), total_steps=7)
+    ticket.set_masks(sparsity.masks)  # a lottery ticket: its masks are all it has explored
+    assert ticket.exploration_rate() == ticket.total_row()["density"] == sparsity.total_row()["density"]
+    for name, mask in sparsity.masks.items():  # not the random masks it was built with
+        assert torch.equal(ticket.ever_active[name], mask), name
 
 
 def test_a_state_saved_before_exploration_was_tracked_counts_its_masks_as_explored():
