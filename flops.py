@@ -240,6 +240,32 @@ def method_flops(model_name: str, dataset: str, sparse_cfg: SparsityConfig, mult
     return flop_report(shapes, dense_macs, allocation, train_densities=train_densities, **common)
 
 
+def inference_macs(counted: tuple[dict, dict], sparse_cfg: SparsityConfig) -> float:
+    """f_S in multiply-adds of the masks `sparse_cfg` starts with (its distribution's allocation)."""
+    shapes, dense_macs = counted
+    return sparse_forward_macs(dense_macs, initial_densities(shapes, replace(sparse_cfg, method="static")))
+
+
+def matching_density(model_name: str, dataset: str, sparse_cfg: SparsityConfig, target: str = "uniform",
+                     counted: tuple[dict, dict] | None = None) -> float:
+    """The density at which `sparse_cfg.distribution` has the inference FLOPs of `target` at
+    `sparse_cfg.density` (report, "Sparsity Distribution vs FLOP Consumption"): ERK spends more
+    FLOPs than uniform at one density, so at equal FLOPs it trains sparser. The target keeps its
+    default dense layers (uniform: the first layer, as every uniform run). Solved by bisection on
+    the density, counted as method_flops counts (real-valued layer densities, conv and linear only)."""
+    counted = counted or counted_model(model_name, dataset)
+    goal = inference_macs(counted, replace(sparse_cfg, distribution=target, dense_layers=None))
+    low, high = 0.0, 1.0
+    if inference_macs(counted, replace(sparse_cfg, density=high)) < goal:
+        raise ValueError(f"{sparse_cfg.distribution} spends fewer FLOPs at density 1 than {target} at "
+                         f"{sparse_cfg.density}: no density matches")
+    # f_S(d) grows with d: halve [low, high] until it pins f_S(d) = goal to 1e-12 in d
+    while high - low > 1e-12:
+        middle = (low + high) / 2
+        low, high = (middle, high) if inference_macs(counted, replace(sparse_cfg, density=middle)) < goal else (low, middle)
+    return round(high, 10)
+
+
 TABLE2_CELLS = [("dense", NO_DISTRIBUTION)] + [(m, d) for d in ("uniform", "erk")
                                                for m in ("static", "set", "rigl", "snfs", "pruning")] \
     + [("small-dense", NO_DISTRIBUTION)]

@@ -99,6 +99,9 @@ class SparsityConfig:
     """Weights kept dense and outside the budget, by name, glob pattern or module type (as
     extra_weights). None = the distribution's default: the first layer for uniform (TF, RR), none for
     er/erk (their capping decides). () = none at all."""
+    layer_densities: dict[str, float] | None = None
+    """Per-layer densities by masked weight name, overriding the distribution for those layers (TF's
+    custom_sparsity_map); the others share --density by the distribution."""
     extra_weights: tuple[str | type, ...] = ()
     """Weights to sparsify beyond every convolution, Linear and Conv1D: names ("lstm"), glob patterns
     ("*.in_proj_weight", "encoder.*.mlp.*") or module types (nn.LSTM); a tied weight under any name."""
@@ -118,6 +121,8 @@ class SparsityConfig:
         if isinstance(self.update_interval, bool) or not isinstance(self.update_interval, int) \
                 or self.update_interval < 1:
             raise ValueError(f"update_interval must be an integer >= 1, got {self.update_interval!r}")
+        if self.layer_densities is not None:
+            self.layer_densities = checked_layer_densities(self.layer_densities, self.method)
         for field in ("dense_layers", "extra_weights"):  # a lone name is one name, not its letters
             value = getattr(self, field)
             if value is not None:
@@ -131,6 +136,18 @@ def _check_choice(field: str, value: object, choices: object) -> None:
     if value not in get_args(choices):
         allowed = " | ".join(get_args(choices))
         raise ValueError(f"{field} must be one of {allowed}, got {value!r}")
+
+
+def checked_layer_densities(densities: object, method: str) -> dict[str, float]:
+    """layer_densities as a plain dict of names to densities in (0, 1], for a method whose masks
+    start at a distribution (not dense or Small-Dense, and not pruning, which starts dense)."""
+    if not isinstance(densities, dict) or not all(isinstance(n, str) for n in densities):
+        raise ValueError(f"layer_densities must map masked weight names to densities, got {densities!r}")
+    for name, density in densities.items():
+        _check_range(f"layer_densities[{name!r}]", density, 0.0, 1.0, "0 < density <= 1", low_open=True)
+    if method in UNMASKED + ("pruning",):
+        raise ValueError(f"layer_densities sets the initial masks, and method {method} starts without masks")
+    return {name: float(density) for name, density in densities.items()}
 
 
 def _check_range(field: str, value: float, low: float, high: float, rule: str,
@@ -341,7 +358,22 @@ def dense_layers_of(names: list[str], config: SparsityConfig,
 
 def initial_densities(shapes: dict[str, torch.Size], config: SparsityConfig) -> dict[str, float]:
     """Every masked weight's density at the start of training, as `Sparsity` allocates it."""
-    return distribute_density(shapes, config, dense_layers_of(list(shapes), config))
+    return with_layer_densities(shapes, config, dense_layers_of(list(shapes), config))
+
+
+def with_layer_densities(shapes: dict[str, torch.Size], config: SparsityConfig,
+                         dense_layers: tuple[str, ...]) -> dict[str, float]:
+    """config.layer_densities for the layers it names; the others by the distribution at d. As TF's
+    custom_sparsity_map (sparse_utils.py), the named layers stay out of the ER/ERK budget: the rest
+    share d among themselves, so the whole network's density is d only if the named layers are at d."""
+    named = config.layer_densities or {}
+    unknown = [name for name in named if name not in shapes]
+    if unknown:
+        raise ValueError(f"layer_densities: {unknown[0]!r} is no masked weight; nearest: "
+                         f"{near_candidates(unknown[0], dict.fromkeys(shapes))}")
+    rest = {name: s for name, s in shapes.items() if name not in named}
+    densities = distribute_density(rest, config, tuple(n for n in dense_layers if n in rest))
+    return {name: named[name] if name in named else densities[name] for name in shapes}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,8 +544,8 @@ class Sparsity:
         self.parameter_count = sum(p.numel() for p in model.parameters())
         self._report_dense(model)
         self.dense_layers = self._dense_layers(model)
-        self.initial_densities = distribute_density({n: w.shape for n, w in self.weights.items()}, config,
-                                                    self.dense_layers)
+        self.initial_densities = with_layer_densities({n: w.shape for n, w in self.weights.items()}, config,
+                                                      self.dense_layers)
         self.t_end = int(config.t_end * total_steps)
         self.step_count = 0
         self.last_update = {"step": 0, "drop_fraction": 0.0, "grown": 0}

@@ -172,6 +172,47 @@ def test_dense_layers_override_and_unknown_names():
         Sparsity(model, None, SparsityConfig(dense_layers=("nope",)), 100)
 
 
+@pytest.mark.parametrize("distribution", ["uniform", "erk"])
+def test_layer_densities_give_named_layers_exact_counts_and_the_rest_the_distribution(distribution):
+    """TF's custom_sparsity_map: each named layer holds round(d_l · n_l) active weights; the others
+    are distributed at d among themselves, the named layers outside the budget (TF sparse_utils.py)."""
+    model, named = small_net(), {"2.weight": 0.37, "10.weight": 1.0}
+    cfg = SparsityConfig(density=0.2, distribution=distribution, layer_densities=named)
+    sparsity = Sparsity(model, None, cfg, 100)
+    counts = sparsity.active_counts()
+    assert counts["2.weight"] == rigl.active_count(0.37, 8 * 16 * 9) == round(0.37 * 1152)
+    assert "10.weight" not in sparsity.masks  # density 1: no mask
+    shapes = shapes_of(model)
+    rest = {n: s for n, s in shapes.items() if n not in named}
+    expected = rigl.initial_densities(rest, SparsityConfig(density=0.2, distribution=distribution))
+    for name, density in expected.items():
+        assert sparsity.initial_densities[name] == density
+        if density < 1:
+            assert counts[name] == rigl.active_count(density, math.prod(shapes[name]))
+
+
+def test_a_complete_layer_density_map_reproduces_any_allocation_exactly():
+    """A finished run's final densities (active / total) give back its per-layer counts exactly,
+    whatever the distribution: what --densities-from restarts from."""
+    model = small_net()
+    source = Sparsity(model, None, SparsityConfig(density=0.15, distribution="erk", seed=3), 100)
+    restarted = Sparsity(small_net(), None, SparsityConfig(density=0.15, distribution="uniform", seed=4,
+                                                           layer_densities=source.densities()), 100)
+    assert restarted.active_counts() == source.active_counts()
+    assert any(not torch.equal(restarted.masks[n], m) for n, m in source.masks.items())  # fresh masks
+
+
+def test_layer_densities_refuse_unknown_names_bad_values_and_methods_without_masks():
+    with pytest.raises(ValueError, match=r"layer_densities: '2\.weigth' is no masked weight; nearest: \['2\.weight'"):
+        Sparsity(small_net(), None, SparsityConfig(layer_densities={"2.weigth": 0.5}), 100)
+    with pytest.raises(ValueError, match=r"layer_densities\['2.weight'\] must satisfy 0 < density <= 1"):
+        SparsityConfig(layer_densities={"2.weight": 0.0})
+    with pytest.raises(ValueError, match="method pruning starts without masks"):
+        SparsityConfig(method="pruning", layer_densities={"2.weight": 0.5})
+    with pytest.raises(ValueError, match="layer_densities must map masked weight names"):
+        SparsityConfig(layer_densities=[0.5])
+
+
 # --- rigl.py: masks, and the invariants every method keeps ----------------------------------------
 
 

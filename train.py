@@ -26,7 +26,7 @@ from torch import nn
 
 import flops
 from models import DATASET_SHAPES, build_model, small_dense_width
-from rigl import DROP_AND_GROW, REPORT_STEPS, Sparsity, SparsityConfig, cosine_drop_fraction, masked_weights
+from rigl import DROP_AND_GROW, REPORT_STEPS, UNMASKED, Sparsity, SparsityConfig, cosine_drop_fraction, masked_weights
 from rigl_harness import distributed, runs, terminal
 from rigl_harness.data import Data, batches, load_data, train_batch_count
 
@@ -96,9 +96,15 @@ class TrainConfig:
     and the learning-rate schedule count optimizer steps, and growth sees the accumulated gradient."""
     workers: int = 8
     """DataLoader worker processes for ImageNet (CIFAR is held in memory and needs none)."""
-    mask_from: str | None = None
-    """Lottery only: a finished run's directory (a pruning run) whose final masks and initial
-    weights are retrained with a static mask (Frankle & Carbin 2019; report Sec. 4)."""
+    masks_from: str | None = None
+    """A finished run's directory: start from its exact final masks, with fresh weights unless
+    --init-from (the report's Table 5 restart; lottery's ticket)."""
+    densities_from: str | None = None
+    """A finished run's directory: fresh random masks at its final per-layer densities."""
+    init_from: str | None = None
+    """A run's directory: start from its initial weights (init.pt); lottery takes the pruning run's."""
+    match_flops: Literal["uniform"] | None = None
+    """Train at the density whose inference FLOPs under --distribution equal uniform's at --density."""
 
     def __post_init__(self) -> None:
         for field, choices in (("dataset", Dataset), ("precision", Precision)):
@@ -116,6 +122,10 @@ class TrainConfig:
                 raise ValueError(f"{field} must satisfy {rule}, got {value!r}")
         if self.epochs is not None and round(self.epochs * self.multiplier) < 1:
             raise ValueError(f"--epochs {self.epochs} × --multiplier {self.multiplier} rounds to no epoch at all")
+        if self.masks_from is not None and self.densities_from is not None:
+            raise ValueError("--masks-from and --densities-from are two ways to start the masks: give one")
+        if self.match_flops not in (None, "uniform"):
+            raise ValueError(f"match_flops must be uniform or None, got {self.match_flops!r}")
         if self.lr_milestones is not None:
             self.lr_milestones = tuple(self.lr_milestones)
             if not all(0 < m < 1 for m in self.lr_milestones):
@@ -206,8 +216,7 @@ class Run:
 def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
     """Data, model, optimizer, learning-rate schedule and masks of a resolved configuration."""
     device = distributed.pick_device(cfg.device)
-    if (sparse_cfg.method == "lottery") != (cfg.mask_from is not None):
-        raise ValueError("method lottery needs --mask-from RUN_DIR, and --mask-from needs method lottery")
+    sparse_cfg = resolve_sparsity(cfg, sparse_cfg)
     data = load_data(cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.val_size, cfg.seed)
     torch.manual_seed(cfg.seed)
     width = small_dense_width(cfg.model, data.num_classes, sparse_cfg) if sparse_cfg.method == "small-dense" else 1.0
@@ -223,8 +232,7 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total, cfg.warmup, cfg.lr_milestones, cfg.lr_gamma))
     sparsity = Sparsity(model, optimizer, sparse_cfg, total_steps=total)
-    if sparse_cfg.method == "lottery":
-        apply_ticket(cfg, sparse_cfg, model, sparsity)
+    start_from_sources(cfg, sparse_cfg, model, sparsity)
     data.to(device)
     dense_macs, f_dense = dense_flops(cfg, data.num_classes, model, list(sparsity.weights), width)
     run = Run(cfg=cfg, sparse_cfg=sparse_cfg, data=data, device=device, model=model,
@@ -250,20 +258,70 @@ def check_steps(cfg: TrainConfig, data: Data, steps_per_epoch: int) -> None:
                          f"{cfg.val_size}) make no batch of --batch-size {cfg.batch_size} on {ranks} process(es)")
 
 
-def apply_ticket(cfg: TrainConfig, sparse_cfg: SparsityConfig, model: nn.Module, sparsity: Sparsity) -> None:
-    """Lottery: the initial weights and final masks of --mask-from, which must give the density of
-    that run's final masks (its summary.json) at the --density asked for (runs.read_ticket)."""
-    init, masks, final_density = runs.read_ticket(Path(cfg.mask_from), cfg.model, cfg.dataset, sparse_cfg.density)
+def check_sources(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> None:
+    """Which methods may start from another run: lottery needs --masks-from and --init-from
+    (Frankle & Carbin 2019: the pruning run's final masks and its initial weights); masks and
+    densities need a method that starts with masks; either fixes the density, as --match-flops would."""
+    method, given = sparse_cfg.method, cfg.masks_from or cfg.densities_from
+    if method == "lottery" and not (cfg.masks_from and cfg.init_from):
+        raise ValueError("method lottery needs --masks-from RUN_DIR and --init-from RUN_DIR (the pruning run's "
+                         "final masks and initial weights)")
+    if given and method in UNMASKED + ("pruning",):
+        raise ValueError(f"--masks-from and --densities-from set the initial masks, and method {method} "
+                         f"starts without masks")
+    if given and cfg.match_flops:
+        raise ValueError("--match-flops solves for a density, and --masks-from or --densities-from take their "
+                         "run's: give one")
+
+
+def resolve_sparsity(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> SparsityConfig:
+    """The SparsityConfig a run trains with: --densities-from's per-layer densities as layer_densities,
+    --match-flops's solved density. Idempotent: a resolved configuration comes back unchanged."""
+    check_sources(cfg, sparse_cfg)
+    if cfg.densities_from:
+        layer_densities = runs.read_final_densities(Path(cfg.densities_from), cfg.model, cfg.dataset, sparse_cfg)
+        if sparse_cfg.layer_densities not in (None, layer_densities):
+            raise ValueError("--densities-from sets layer_densities: give one of them")
+        return replace(sparse_cfg, layer_densities=layer_densities)
+    if cfg.match_flops:
+        return replace(sparse_cfg, density=flops.matching_density(cfg.model, cfg.dataset, sparse_cfg, cfg.match_flops))
+    return sparse_cfg
+
+
+def run_config(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> dict:
+    """config.json of a run asked for with these configurations: the resolved ones (resolve_sparsity),
+    and under "derived_from" what the masks, weights and density came from (runs.source_record)."""
+    config = runs.run_config(cfg, resolve_sparsity(cfg, sparse_cfg))
+    derived = {option: runs.source_record(Path(getattr(cfg, option)), "--" + option.replace("_", "-"),
+                                          cfg.model, cfg.dataset)
+               for option in ("masks_from", "densities_from", "init_from") if getattr(cfg, option)}
+    if cfg.match_flops:
+        derived["match_flops"] = {"target": cfg.match_flops, "density": sparse_cfg.density}
+    return {**config, "derived_from": derived} if derived else config
+
+
+def start_from_sources(cfg: TrainConfig, sparse_cfg: SparsityConfig, model: nn.Module, sparsity: Sparsity) -> None:
+    """--init-from's initial weights, then --masks-from's final masks, which must have the density
+    of that run's summary.json (runs.read_final_masks)."""
+    if cfg.init_from:
+        init = runs.read_init(Path(cfg.init_from), cfg.model, cfg.dataset)
+        fit(lambda: model.load_state_dict(init), "--init-from", cfg.init_from, cfg.model)
+    if cfg.masks_from:
+        masks, final_density = runs.read_final_masks(Path(cfg.masks_from), cfg.model, cfg.dataset, sparse_cfg)
+        fit(lambda: sparsity.set_masks(masks), "--masks-from", cfg.masks_from, cfg.model)
+        density = sparsity.total_row()["density"]
+        if abs(density - final_density) > 1e-9:
+            raise runs.UsageError(f"--masks-from {cfg.masks_from}: its checkpoint's masks have density {density:.4f}, "
+                                  f"not the {final_density:.4f} of its summary.json: they are not its final masks")
+
+
+def fit(load, option: str, source: str, model_name: str) -> None:
+    """Run `load`; a state that does not fit the model is one line naming the option."""
     try:
-        model.load_state_dict(init)
-        sparsity.set_masks(masks)
+        load()
     except (RuntimeError, ValueError, AttributeError) as error:
-        raise runs.UsageError(f"--mask-from {cfg.mask_from}: its init.pt or masks do not fit {cfg.model} "
+        raise runs.UsageError(f"{option} {source}: its weights or masks do not fit {model_name} "
                               f"({type(error).__name__})") from None
-    density = sparsity.total_row()["density"]
-    if abs(density - final_density) > 1e-9:
-        raise runs.UsageError(f"--mask-from {cfg.mask_from}: its checkpoint's masks have density {density:.4f}, "
-                              f"not the {final_density:.4f} of its summary.json: they are not its final masks")
 
 
 def dense_flops(cfg: TrainConfig, num_classes: int, model: nn.Module, names: list[str],
@@ -394,7 +452,7 @@ def start_run(cfg: TrainConfig, sparse_cfg: SparsityConfig, out: Path, resume: b
     sweep's or tune's cell) takes the directory as it is under the lock: a finished run of the same
     settings is returned untouched, a checkpoint resumed, anything else started."""
     out, sparse_cfg = Path(out), replace(sparse_cfg, seed=cfg.seed)  # one seed for the run and its masks
-    config = runs.run_config(cfg, sparse_cfg)
+    config = run_config(cfg, sparse_cfg)
     distributed.init(cfg.device)
     main = distributed.is_main_process()
     with runs.locked(out) if main else contextlib.nullcontext():

@@ -6,9 +6,10 @@ train.py), and its help is that field's docstring (options.help_of).
 
 import json
 import logging
+from dataclasses import replace
 import warnings
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 try:
     import rich  # noqa: F401  (the harness prints with it)
@@ -48,6 +49,7 @@ ModelOption = Annotated[Optional[str], t_("model")]
 DatasetOption = Annotated[Dataset, t_("dataset")]
 MultiplierOption = Annotated[float, t_("multiplier")]
 DeviceOption = Annotated[str, t_("device")]
+MatchFlopsOption = Annotated[Optional[Literal["uniform"]], t_("match_flops")]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="RigL and its baselines: `python rigl.py train --density 0.1`.")
@@ -98,7 +100,10 @@ def train_command(
     precision: Annotated[Precision, t_("precision")] = T.precision,
     accumulate: Annotated[int, t_("accumulate")] = T.accumulate,
     workers: Annotated[int, t_("workers")] = T.workers,
-    mask_from: Annotated[Optional[str], t_("mask_from")] = T.mask_from,
+    masks_from: Annotated[Optional[str], t_("masks_from", metavar="RUN_DIR")] = T.masks_from,
+    densities_from: Annotated[Optional[str], t_("densities_from", metavar="RUN_DIR")] = T.densities_from,
+    init_from: Annotated[Optional[str], t_("init_from", metavar="RUN_DIR")] = T.init_from,
+    match_flops: MatchFlopsOption = T.match_flops,
     out: Annotated[Optional[str], typer.Option(help="Run directory. Default: runs/<dataset>-<model>-<method>-<distribution>-d<density>-s<seed>.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
 ) -> None:
@@ -137,21 +142,26 @@ def flops_command(
     model: ModelOption = T.model,
     dataset: DatasetOption = T.dataset,
     multiplier: MultiplierOption = T.multiplier,
+    match_flops: MatchFlopsOption = T.match_flops,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """FLOPs of a model at a density: per layer, inference, training per step, and Table 2's
     columns for every method (paper convention: multiplies and adds counted separately)."""
     console = terminal.make_console()
     with terminal.user_errors(console):
-        cfg = resolve_recipe(T(model=model, dataset=dataset, multiplier=multiplier))
+        cfg = resolve_recipe(T(model=model, dataset=dataset, multiplier=multiplier, match_flops=match_flops))
         sparse_cfg = S(method=method, density=density, distribution=distribution, update_interval=update_interval,
                        dense_layers=comma_separated(dense_layers, str))
-        result = flops.method_flops(cfg.model, dataset, sparse_cfg, multiplier)
-        result["methods"] = flops.table2_columns(cfg.model, dataset, sparse_cfg, multiplier)
+        counted = flops.counted_model(cfg.model, dataset)
+        matched = flops.matching_density(cfg.model, dataset, sparse_cfg, match_flops, counted) if match_flops else density
+        result = flops.method_flops(cfg.model, dataset, replace(sparse_cfg, density=matched), multiplier, counted)
+        result["methods"] = flops.table2_columns(cfg.model, dataset, replace(sparse_cfg, density=matched), multiplier)
+        result["density"], result["match_flops"] = matched, match_flops and {"target": match_flops, "density": density}
     if json_output:
         print(json.dumps(result))
         return
-    flops.print_flop_report(result, f"{cfg.model} on {dataset}, {method}, {distribution}, d = {density}, "
+    at = f"d = {matched:.4f} ({match_flops}'s FLOPs at d = {density})" if match_flops else f"d = {density}"
+    flops.print_flop_report(result, f"{cfg.model} on {dataset}, {method}, {distribution}, {at}, "
                                     f"×{multiplier}, ΔT = {update_interval}", console)
 
 
@@ -160,9 +170,9 @@ def flops_command(
 # ---------------------------------------------------------------------------------------------
 
 
-SWEEP_SETS = {field for field, _ in sweep.AXES.values()} | {"mask_from", "out", "resume"}
+SWEEP_SETS = {field for field, _ in sweep.AXES.values()} | {"masks_from", "init_from", "out", "resume"}
 """The `train` options a sweep sets for each cell."""
-TUNE_SETS = {"drop_fraction", "update_interval", "seed", "mask_from", "out", "resume"}
+TUNE_SETS = {"drop_fraction", "update_interval", "seed", "masks_from", "densities_from", "init_from", "out", "resume"}
 """The `train` options tune sets for each run of a trial."""
 
 

@@ -19,6 +19,7 @@ import functools
 import io
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 from typing import get_args
@@ -43,7 +44,7 @@ def method_name(method: str) -> str:
 
 
 GROUP_KEYS = ("dataset", "model", "method", "distribution", "multiplier", "drop_fraction",
-              "update_interval", "lr", "density")
+              "update_interval", "lr", "origin", "density")
 """A group is every run with the same configuration but the seed."""
 ROW_KEYS = GROUP_KEYS[:-1]
 """A table row is a group without its density: the densities are the columns."""
@@ -57,16 +58,37 @@ def find_run_dirs(root) -> tuple[list[Path], list[Path]]:
     return finished, unfinished
 
 
+SOURCES = ("masks_from", "densities_from", "init_from")
+"""The train fields naming another run's directory: paths differ between seeds, so they never split rows."""
+
+
+def origin_of(config: dict, method: str) -> str:
+    """How a row says where a run's masks, weights or density came from (config.json's
+    "derived_from"): "from RigL-SM's masks", "at uniform's FLOPs"; "" for a plain run and for
+    lottery, whose masks and weights are the method itself."""
+    derived = config.get("derived_from") or {}
+    if not isinstance(derived, dict) or method == "lottery":
+        return ""
+    source = {option: method_name(str((derived.get(option) or {}).get("method", "another run")))
+              for option in SOURCES if derived.get(option)}
+    words = [f"from {source['masks_from']}'s masks" if "masks_from" in source else "",
+             f"at {source['densities_from']}'s densities" if "densities_from" in source else "",
+             f"from {source['init_from']}'s initial weights" if "init_from" in source else "",
+             f"at {derived['match_flops'].get('target')}'s FLOPs" if derived.get("match_flops") else ""]
+    return " ".join(w for w in words if w)
+
+
 def config_record(path) -> dict:
     """What a run directory's config.json says, in the report's terms (finished or not)."""
     train, sparse = read_config(path)
+    derived = read_json(Path(path) / "config.json").get("derived_from") or {}
     try:
-        return run_settings(path, train, sparse)
+        return run_settings(path, train, sparse, derived)
     except (KeyError, TypeError) as error:
         raise ValueError(f"{Path(path) / 'config.json'} is not a run's configuration (no {error})") from None
 
 
-def run_settings(path, train: dict, sparse: dict) -> dict:
+def run_settings(path, train: dict, sparse: dict, derived: dict | None = None) -> dict:
     """The report's view of one configuration, and `settings`: every field that must agree
     between the runs of one row (all but the seed and what may_differ)."""
     method = sparse["method"]
@@ -79,15 +101,23 @@ def run_settings(path, train: dict, sparse: dict) -> dict:
         (f" lr={train['lr']:g}" if train.get("lr") not in (None, recipe_lr(train)) else "")
     record = {"path": str(path), "dataset": train["dataset"], "model": train["model"], "method": method,
               "distribution": NO_DISTRIBUTION if method in UNMASKED else sparse["distribution"],
-              # Dense is trained at d = 1 whatever --density said; Small-Dense keeps the d it matches.
-              "density": 1.0 if method == "dense" else sparse["density"],
+              # Dense is trained at d = 1 whatever --density said; Small-Dense keeps the d it matches;
+              # a run at another distribution's FLOPs sits in the column of the --density it matched.
+              "density": 1.0 if method == "dense" else matched_density(derived) or sparse["density"],
+              "origin": origin_of({"derived_from": derived}, method),
               "multiplier": train["multiplier"], "seed": train["seed"],
               "drop_fraction": alpha, "update_interval": interval, "lr": train.get("lr"), "variant": variant}
     settings = {f"{name}.{key}": value for name, section in (("train", train), ("sparsity", sparse))
-                for key, value in section.items() if key not in may_differ(train) + ("seed", "mask_from")}
+                for key, value in section.items()
+                if key not in may_differ(train) + ("seed", "mask_from", "layer_densities") + SOURCES}
     settings.update({f"sparsity.{key}": record[key] for key in ("distribution", "density", "drop_fraction",
                                                                "update_interval")})
     return {**record, "settings": settings}
+
+
+def matched_density(derived: dict | None) -> float | None:
+    """The --density whose FLOPs a --match-flops run matched; None for any other run."""
+    return ((derived or {}).get("match_flops") or {}).get("density")
 
 
 def recipe_lr(train: dict) -> float:
@@ -196,7 +226,7 @@ def group_label(group: dict, with_task: bool = False) -> str:
     if group["multiplier"] != 1:
         label += f" {group['multiplier']:g}×"
     label += DISTRIBUTION_SUFFIX.get(group["distribution"], f" ({group['distribution']})")
-    label += group["variant"]
+    label += group["variant"] + (f" {group['origin']}" if group.get("origin") else "")
     return f"{group['dataset']} {group['model']}: {label}" if with_task else label
 
 
@@ -207,7 +237,7 @@ def row_order(row_key: tuple) -> tuple:
     return (row["dataset"], row["model"], row["multiplier"],
             distributions.index(row["distribution"]) if row["distribution"] in distributions else 99,
             methods.index(row["method"]) if row["method"] in methods else 99,
-            row["method"], row["drop_fraction"], row["update_interval"], row["lr"])
+            row["method"], row["drop_fraction"], row["update_interval"], row["lr"], row["origin"])
 
 
 def format_ratio(ratio: float | None) -> str:
@@ -251,7 +281,7 @@ def table_rows(groups: list[dict], cell=format_cell) -> tuple[list[str], list[li
 
 
 CSV_COLUMNS = ("dataset", "model", "method", "distribution", "multiplier", "drop_fraction",
-               "update_interval", "lr", "density", "n", "test_mean", "test_std", "train_flops_ratio",
+               "update_interval", "lr", "origin", "density", "n", "test_mean", "test_std", "train_flops_ratio",
                "inference_flops_ratio", "explored")
 
 
@@ -452,6 +482,41 @@ def plot_accuracy_vs_flops(groups: list[dict], path) -> Path | None:
     return save(figure, path)
 
 
+def flop_matched_pairs(groups: list[dict]) -> list[tuple[dict, dict]]:
+    """(uniform, FLOP-matched) groups of one method and task at one --density: a uniform ("Random")
+    run and a run of another distribution trained at uniform's FLOPs (--match-flops uniform)."""
+    def key(g):
+        return tuple(g[k] for k in GROUP_KEYS if k not in ("distribution", "origin"))
+    uniform = {key(g): g for g in groups if g["distribution"] == "uniform" and not g["origin"]}
+    return [(uniform[key(g)], g) for g in groups
+            if g["origin"] == "at uniform's FLOPs" and g["distribution"] != "uniform" and key(g) in uniform]
+
+
+def plot_distributions_at_equal_flops(groups: list[dict], path) -> Path | None:
+    """The report's "Sparsity Distribution vs FLOP Consumption": test accuracy of uniform ("Random")
+    and of ERK trained at uniform's FLOPs, side by side at each training-FLOP level (uniform's
+    FLOPs ×dense), error bars = std. None without such pairs."""
+    pairs = sorted(flop_matched_pairs(groups), key=lambda p: (p[0]["dataset"], p[0]["model"], p[0]["density"]))
+    if not pairs:
+        return None
+    figure, ax = new_axes()
+    width, with_task = 0.38, several_tasks([g for pair in pairs for g in pair])
+    for side, (offset, name) in enumerate(((-width / 2, "uniform (Random)"), (width / 2, "at uniform's FLOPs"))):
+        bars = [pair[side] for pair in pairs]
+        ax.bar([i + offset for i in range(len(pairs))], [g["test_mean"] for g in bars], width,
+               yerr=[g["test_std"] for g in bars], capsize=3, label=name if side == 0 else
+               ", ".join(sorted({group_label(g) for g in bars})), color=series_style(side)["color"])
+    ax.set_xticks(range(len(pairs)), [f"{format_ratio(u['train_flops_ratio'])}\nd = {u['density']:g}"
+                                      + (f"\n{u['model']}" if with_task else "") for u, _ in pairs])
+    low = min(g["test_mean"] - g["test_std"] for pair in pairs for g in pair)
+    ax.set_ylim(bottom=max(0.0, low - 2))
+    ax.set(xlabel="training FLOPs of the uniform run (× dense on the 1× schedule) and its --density",
+           ylabel="test accuracy (%)", title="Distributions at equal FLOPs (mean ± std over seeds)")
+    ax.grid(alpha=0.3, axis="y")
+    legend_outside(ax)
+    return save(figure, path)
+
+
 def read_jsonl(path: Path) -> list:
     """The records of a JSON-lines file of a run; [] when it has none (older runs)."""
     if not path.exists():
@@ -625,14 +690,16 @@ def group_slug(group: dict) -> str:
     """A file name part naming one group unambiguously, ASCII only."""
     return (f"{group['dataset']}-{group['model']}-{group['method']}-{group['distribution']}"
             f"-d{group['density']:g}-x{group['multiplier']:g}-a{group['drop_fraction']:g}"
-            f"-dt{group['update_interval']}" + ("" if group["lr"] is None else f"-lr{group['lr']:g}"))
+            f"-dt{group['update_interval']}" + ("" if group["lr"] is None else f"-lr{group['lr']:g}")
+            + "".join(f"-{word}" for word in re.findall(r"[A-Za-z0-9]+", group.get("origin") or "")))
 
 
 def report_figures(runs: list[dict], groups: list[dict], folder: Path) -> list[Path]:
     """Every figure of the report that the runs can fill; the paths written."""
     written = [plot_accuracy_vs_density(groups, folder / "accuracy_vs_density.png"),
                plot_accuracy_vs_flops(groups, folder / "accuracy_vs_flops.png"),
-               plot_accuracy_vs_lr(groups, folder / "accuracy_vs_lr.png")]
+               plot_accuracy_vs_lr(groups, folder / "accuracy_vs_lr.png"),
+               plot_distributions_at_equal_flops(groups, folder / "distributions_at_equal_flops.png")]
     chosen = representative_run(runs)
     if chosen is not None:
         written.append(plot_layer_densities(chosen, folder / "layer_densities.png"))

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from flops import CONVENTION, sparse_train_flops
+from rigl import UNMASKED
 from rigl_harness import distributed
 
 
@@ -108,8 +109,12 @@ MAY_DIFFER = ("device", "data_dir", "workers")
 """Settings that do not change a run's numbers: where it runs and where its data lie."""
 
 
-ADDED_LATER = {"mask_depthwise": False}
+ADDED_LATER = {"mask_depthwise": False, "layer_densities": None, "masks_from": None, "densities_from": None,
+               "init_from": None, "match_flops": None}
 """Fields added after runs were written, with the value those runs trained with."""
+RENAMED = {"masks_from": "mask_from", "init_from": "mask_from"}
+"""Fields that older runs saved under another name: lottery's --mask-from gave both its masks and
+its initial weights."""
 
 
 def may_differ(train: dict) -> tuple[str, ...]:
@@ -124,7 +129,10 @@ def config_differences(saved: dict, now: dict) -> list[str]:
     free = may_differ(now["train"])
 
     def saved_value(section, key):
-        return saved.get(section, {}).get(key, ADDED_LATER.get(key))
+        values = saved.get(section, {})
+        if key not in values and RENAMED.get(key) in values:
+            return values[RENAMED[key]]
+        return values.get(key, ADDED_LATER.get(key))
     return [f"{key} (run has {saved_value(section, key)!r}, asked for {value!r})"
             for section in ("train", "sparsity") for key, value in now[section].items()
             if key not in free and saved_value(section, key) != value]
@@ -221,33 +229,81 @@ def load_checkpoint(out: Path, device: torch.device) -> dict:
     return state
 
 
-def read_ticket(source: Path, model: str, dataset: str, density: float) -> tuple[dict, dict, float]:
-    """A lottery ticket: the initial weights (init.pt) and final masks (checkpoint.pt) of a finished
-    run (summary.json) of the same model on the same dataset at the density asked for (Frankle &
-    Carbin 2019), and the density of its final masks (summary.json), which the ticket must have."""
-    missing = [n for n in ("config.json", "init.pt", "checkpoint.pt") if not (source / n).is_file()]
+def read_source(source: Path, option: str, model: str, dataset: str, files: tuple[str, ...],
+                finished: bool = True) -> tuple[dict, dict]:
+    """The train and sparsity sections of a run that another starts from (--masks-from,
+    --densities-from, --init-from): it must hold `files`, have finished (summary.json) when its
+    final state is asked for, and have trained the same model on the same dataset."""
+    missing = [n for n in ("config.json", *files) if not (source / n).is_file()]
     if missing:
-        raise UsageError(f"--mask-from {source}: expected a run's {', '.join(missing)} there")
-    if not (source / "summary.json").is_file():
-        raise UsageError(f"--mask-from {source} has not finished (no summary.json): its masks are not "
+        raise UsageError(f"{option} {source}: expected a run's {', '.join(missing)} there")
+    if finished and not (source / "summary.json").is_file():
+        raise UsageError(f"{option} {source} has not finished (no summary.json): its masks are not "
                          f"the final ones; finish it with --resume first")
     train, sparse = read_config(source)
     if (train.get("model"), train.get("dataset")) != (model, dataset):
-        raise UsageError(f"--mask-from {source} trained {train.get('model')} on {train.get('dataset')}, "
+        raise UsageError(f"{option} {source} trained {train.get('model')} on {train.get('dataset')}, "
                          f"not {model} on {dataset}")
-    if sparse.get("density") != density:
-        raise UsageError(f"--mask-from {source} was trained at density {sparse.get('density')}, not the "
-                         f"--density {density} asked for: the ticket would train at its own density")
-    advice = "choose another --mask-from"
-    state = load_torch(source / "checkpoint.pt", "a checkpoint", advice)
+    return train, sparse
+
+
+def check_source_sparsity(source: Path, option: str, sparse: dict, sparse_cfg) -> None:
+    """A run whose masks or densities another starts from: sparse, at the --density and
+    --distribution asked for (the new run's row in the report names them)."""
+    if sparse.get("method") in UNMASKED:
+        raise UsageError(f"{option} {source} has no masks (method {sparse.get('method')} trains dense): "
+                         f"it needs a sparse run")
+    if sparse.get("density") != sparse_cfg.density:
+        raise UsageError(f"{option} {source} was trained at density {sparse.get('density')}, not the "
+                         f"--density {sparse_cfg.density} asked for: the run would train at its source's density")
+    if sparse.get("distribution") != sparse_cfg.distribution:
+        raise UsageError(f"{option} {source} started from distribution {sparse.get('distribution')}, not the "
+                         f"--distribution {sparse_cfg.distribution} asked for: a restart keeps its source's")
+
+
+def read_final_masks(source: Path, model: str, dataset: str, sparse_cfg) -> tuple[dict, float]:
+    """--masks-from: the final masks (checkpoint.pt) of a finished sparse run of the same model,
+    dataset, density and distribution, and their density by its summary.json, which they must have."""
+    _, sparse = read_source(source, "--masks-from", model, dataset, ("checkpoint.pt",))
+    check_source_sparsity(source, "--masks-from", sparse, sparse_cfg)
+    state = load_torch(source / "checkpoint.pt", "a checkpoint", "choose another --masks-from")
     masks = state.get("sparsity", {}).get("masks") if isinstance(state, dict) else None
     if not masks or not isinstance(masks, dict):
-        raise UsageError(f"--mask-from {source} has no masks (method {sparse.get('method')} trains dense): "
-                         f"a lottery ticket needs a sparse run's masks")
+        raise UsageError(f"--masks-from {source} has no masks (method {sparse.get('method')} trains dense): "
+                         f"it needs a sparse run")
     final = read_json(source / "summary.json")
     if not isinstance(final, dict) or not isinstance(final.get("density"), float):
         raise UsageError(f"{source / 'summary.json'} is not a run's summary (no density)")
-    return load_torch(source / "init.pt", "initial weights", advice), masks, final["density"]
+    return masks, final["density"]
+
+
+def read_final_densities(source: Path, model: str, dataset: str, sparse_cfg) -> dict[str, float]:
+    """--densities-from: every masked layer's final density (summary.json's layers, active / total)
+    of a finished sparse run of the same model, dataset, density and distribution."""
+    _, sparse = read_source(source, "--densities-from", model, dataset, ())
+    check_source_sparsity(source, "--densities-from", sparse, sparse_cfg)
+    final = read_json(source / "summary.json")
+    layers = final.get("layers") if isinstance(final, dict) else None
+    if not isinstance(layers, list) or not layers or not all(
+            isinstance(r, dict) and isinstance(r.get("name"), str) and isinstance(r.get("density"), (int, float))
+            for r in layers):
+        raise UsageError(f"{source / 'summary.json'} is not a run's summary (no layers with densities)")
+    return {r["name"]: float(r["density"]) for r in layers}
+
+
+def read_init(source: Path, model: str, dataset: str) -> dict:
+    """--init-from: the initial weights (init.pt, written when a run starts) of a run of the same
+    model on the same dataset; it need not have finished."""
+    read_source(source, "--init-from", model, dataset, ("init.pt",), finished=False)
+    return load_torch(source / "init.pt", "initial weights", "choose another --init-from")
+
+
+def source_record(source: Path, option: str, model: str, dataset: str) -> dict:
+    """What config.json records of a run another starts from: its absolute path, and the method,
+    distribution and density it trained with (the report labels the new run by them)."""
+    _, sparse = read_source(source, option, model, dataset, (), finished=False)
+    return {"path": str(source.resolve()), "method": sparse.get("method"),
+            "distribution": sparse.get("distribution"), "density": sparse.get("density")}
 
 
 # ---------------------------------------------------------------------------------------------

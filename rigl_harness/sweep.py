@@ -9,7 +9,7 @@ from pathlib import Path
 from rigl import CHANGES_EVERY_INTERVAL, DROP_AND_GROW, UNMASKED, SparsityConfig
 from rigl_harness import runs
 from rigl_harness.options import configs_from_options
-from train import start_run
+from train import resolve_sparsity, start_run
 
 AXES = {"methods": ("method", str), "densities": ("density", float),
         "distributions": ("distribution", str), "seeds": ("seed", int),
@@ -94,7 +94,7 @@ def cell_configs(options: dict, cell: dict, root: Path, varied: set[str]) -> tup
     cfg, sparse_cfg = configs_from_options({**options, **cell})
     if cell["method"] == "lottery":  # an absolute path: ROOT may be spelled otherwise on resuming
         source = root.resolve() / cell_name({**cell, "method": "pruning"}, varied)
-        cfg = dataclasses.replace(cfg, mask_from=str(source))
+        cfg = dataclasses.replace(cfg, masks_from=str(source), init_from=str(source))
     return cfg, sparse_cfg
 
 
@@ -129,7 +129,7 @@ def run_grid(root: Path, grid: dict, options: dict, dry_run: bool, console) -> N
 def check_cell(out: Path, cfg, sparse_cfg) -> None:
     """Refuse a cell whose directory holds a run of other settings, naming the fields."""
     saved = runs.read_json(out / "config.json") if (out / "config.json").exists() else None
-    differences = runs.config_differences(saved, runs.run_config(cfg, sparse_cfg)) if saved else []
+    differences = runs.config_differences(saved, runs.run_config(cfg, resolve_sparsity(cfg, sparse_cfg))) if saved else []
     if differences:
         raise runs.UsageError(f"{out} holds a run with other settings: {'; '.join(differences)}; "
                               f"sweep into another ROOT")

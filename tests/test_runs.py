@@ -156,7 +156,7 @@ def test_workers_may_differ_but_on_imagenet_where_they_change_the_numbers():
         "workers (run has 1, asked for 2)"]
 
 
-# --- lottery tickets: runs.read_ticket and train.apply_ticket --------------------------------------
+# --- lottery tickets: runs.read_final_masks, runs.read_init and train.start_from_sources --------------------------------------
 
 
 LOTTERY = [*SMOKE, "--method", "lottery", "--epochs", "1"]
@@ -167,7 +167,7 @@ LOTTERY = [*SMOKE, "--method", "lottery", "--epochs", "1"]
     ("garbage init.pt", ["init.pt is damaged or not initial weights"]),
     ("config.json without train", ["config.json is not a run's configuration"]),
 ])
-def test_mask_from_a_damaged_run_is_named_in_one_line(tmp_path, pruning_run, damage, words):
+def test_masks_from_a_damaged_run_is_named_in_one_line(tmp_path, pruning_run, damage, words):
     source = tmp_path / "source"
     shutil.copytree(pruning_run, source)
     if damage.startswith("truncated"):
@@ -176,7 +176,8 @@ def test_mask_from_a_damaged_run_is_named_in_one_line(tmp_path, pruning_run, dam
         (source / "init.pt").write_bytes(os.urandom(3000))
     else:
         (source / "config.json").write_text(json.dumps({"sparsity": {}}))
-    result = cli("train", *LOTTERY, "--mask-from", str(source), "--out", str(tmp_path / "ticket"))
+    result = cli("train", *LOTTERY, "--masks-from", str(source), "--init-from", str(source),
+                 "--out", str(tmp_path / "ticket"))
     one_line_error(result, *words)
 
 
@@ -184,7 +185,7 @@ def test_lottery_trains_only_the_final_masks_at_the_density_asked_for(tmp_path, 
     """Refused: the masks of a d = 0.1 run at --density 0.5, a run without masks, an unfinished
     run (its intermediate masks), and a checkpoint whose masks are not those of its summary."""
     def lottery(source, density="0.1"):
-        return cli("train", *LOTTERY, "--density", density, "--mask-from", str(source),
+        return cli("train", *LOTTERY, "--density", density, "--masks-from", str(source), "--init-from", str(source),
                    "--out", str(tmp_path / f"ticket-{len(list(tmp_path.iterdir()))}"))
     one_line_error(lottery(pruning_run, "0.5"), "trained at density 0.1, not the --density 0.5")
     dense = tmp_path / "dense"

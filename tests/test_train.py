@@ -157,7 +157,8 @@ def test_lottery_retrains_the_pruning_masks_from_the_same_initialisation(tmp_pat
     final = torch.load(tmp_path / "pruning" / "checkpoint.pt", weights_only=True)["sparsity"]["masks"]
     init = torch.load(tmp_path / "pruning" / "init.pt", weights_only=True)
     ticket_cfg = resolve_recipe(TrainConfig(dataset="synthetic", train_subset=256, val_size=0,
-                                                      epochs=1, seed=5, mask_from=str(tmp_path / "pruning")))
+                                                      epochs=1, seed=5, masks_from=str(tmp_path / "pruning"),
+                                            init_from=str(tmp_path / "pruning")))
     run = train.build_run(ticket_cfg, SparsityConfig(method="lottery", density=0.3))
     assert run.sparsity.masks.keys() == final.keys()
     for name, mask in final.items():
@@ -165,8 +166,9 @@ def test_lottery_retrains_the_pruning_masks_from_the_same_initialisation(tmp_pat
         assert torch.equal(run.sparsity.weights[name].detach(), init[name] * mask)
     active = sum(int(m.sum()) for m in final.values())
     assert active == round(0.3 * sum(m.numel() for m in final.values()))
-    with pytest.raises(ValueError, match="method lottery needs --mask-from"):
-        train.build_run(replace(ticket_cfg, mask_from=None), SparsityConfig(method="lottery"))
+    for missing in ("masks_from", "init_from"):
+        with pytest.raises(ValueError, match="method lottery needs --masks-from RUN_DIR and --init-from RUN_DIR"):
+            train.build_run(replace(ticket_cfg, **{missing: None}), SparsityConfig(method="lottery", density=0.3))
 
 
 def test_kill_and_resume_ends_bit_identical(tmp_path):

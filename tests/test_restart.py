@@ -1,0 +1,216 @@
+"""Runs that start from another run (--masks-from, --densities-from, --init-from) and runs at
+another distribution's FLOPs (--match-flops): train.py, runs.py, flops.py and report.py."""
+
+import json
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+
+import flops
+import train
+from helpers import SMOKE, cli, one_line_error, rich_console
+from rigl import SparsityConfig
+from rigl_harness import report, runs
+from test_report import fake_run
+from train import TrainConfig, resolve_recipe
+
+SOURCE = SparsityConfig(method="rigl-sm", density=0.3, update_interval=2)
+"""RigL-SM moves layer budgets: its final densities are not its initial ERK ones."""
+
+
+def config(**fields) -> TrainConfig:
+    return resolve_recipe(TrainConfig(**{"dataset": "synthetic", "train_subset": 256, "val_size": 0, "epochs": 1,
+                                         "batch_size": 64, **fields}))
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A finished one-epoch RigL-SM run (seed 0) at d = 0.3, ERK."""
+    out = tmp_path_factory.mktemp("source") / "rigl-sm"
+    train.start_run(config(), SOURCE, out, resume=False, console=rich_console())
+    return out
+
+
+def final_masks(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["sparsity"]["masks"]
+
+
+def final_densities(run_dir):
+    return {r["name"]: r["density"] for r in json.loads((run_dir / "summary.json").read_text())["layers"]}
+
+
+def test_masks_from_starts_from_the_exact_final_masks_with_fresh_weights(source):
+    """Table 5's restart, our reading: RigL-SM's final masks at step 0, weights of this run's --seed
+    (not the source's initial weights) unless --init-from gives them."""
+    init = torch.load(source / "init.pt", weights_only=True)
+    run = train.build_run(config(seed=1, masks_from=str(source)), replace(SOURCE, method="rigl", seed=1))
+    assert run.sparsity.step_count == 0 and run.sparsity.masks.keys() == final_masks(source).keys()
+    for name, mask in final_masks(source).items():
+        assert torch.equal(run.sparsity.masks[name], mask)
+        assert not torch.equal(run.sparsity.weights[name].detach(), init[name] * mask)
+    assert run.sparsity.densities() == final_densities(source)
+    with_init = train.build_run(config(seed=1, masks_from=str(source), init_from=str(source)),
+                                replace(SOURCE, method="rigl", seed=1))
+    for name, mask in final_masks(source).items():
+        assert torch.equal(with_init.sparsity.weights[name].detach(), init[name] * mask)
+
+
+def test_densities_from_gives_the_final_densities_with_fresh_masks(source):
+    cfg = config(seed=1, densities_from=str(source))
+    run = train.build_run(cfg, replace(SOURCE, method="rigl", seed=1))
+    assert run.sparse_cfg.layer_densities == final_densities(source)
+    assert run.sparsity.densities() == final_densities(source)
+    assert any(not torch.equal(run.sparsity.masks[n], m) for n, m in final_masks(source).items())
+    assert run.sparsity.densities() != train.build_run(config(seed=1), replace(SOURCE, method="rigl")).sparsity.densities()
+
+
+def test_config_json_records_where_masks_densities_and_weights_came_from(source):
+    saved = train.run_config(config(masks_from=str(source), init_from=str(source)), replace(SOURCE, method="rigl"))
+    assert saved["train"]["masks_from"] == saved["train"]["init_from"] == str(source)
+    assert saved["derived_from"]["masks_from"] == {"path": str(source.resolve()), "method": "rigl-sm",
+                                                   "distribution": "erk", "density": 0.3}
+    by_densities = train.run_config(config(densities_from=str(source)), replace(SOURCE, method="rigl"))
+    assert by_densities["sparsity"]["layer_densities"] == final_densities(source)
+    assert runs.config_differences(json.loads(json.dumps(by_densities)), by_densities) == []
+
+
+def test_a_lottery_run_written_with_mask_from_resumes_as_masks_and_init_from():
+    now = {"train": {"masks_from": "/p", "init_from": "/p", "densities_from": None, "match_flops": None},
+           "sparsity": {"layer_densities": None}}
+    assert runs.config_differences({"train": {"mask_from": "/p"}, "sparsity": {}}, now) == []
+    assert runs.config_differences({"train": {"mask_from": None}, "sparsity": {}},
+                                   {**now, "train": {"masks_from": None, "init_from": None}}) == []
+    other = runs.config_differences({"train": {"mask_from": "/q"}, "sparsity": {}}, now)
+    assert other == ["masks_from (run has '/q', asked for '/p')", "init_from (run has '/q', asked for '/p')"]
+
+
+def unfinished(source, tmp_path):
+    copy = tmp_path / "unfinished"
+    shutil.copytree(source, copy)
+    (copy / "summary.json").unlink()
+    return copy
+
+
+@pytest.mark.parametrize("option", ["masks_from", "densities_from"])
+@pytest.mark.parametrize("change, words", [
+    (lambda c, s, src, tmp: (replace(c, model="wrn-16-1"), s, src), "trained wrn-10-1 on synthetic, not wrn-16-1"),
+    (lambda c, s, src, tmp: (c, replace(s, density=0.2), src), "was trained at density 0.3, not the --density 0.2"),
+    (lambda c, s, src, tmp: (c, replace(s, distribution="uniform"), src), "started from distribution erk, not"),
+    (lambda c, s, src, tmp: (c, s, unfinished(src, tmp)), "has not finished (no summary.json)"),
+    (lambda c, s, src, tmp: (c, replace(s, method="pruning"), src), "method pruning starts without masks"),
+    (lambda c, s, src, tmp: (replace(c, match_flops="uniform"), s, src), "--match-flops solves for a density"),
+])
+def test_a_source_that_does_not_fit_is_refused_in_one_line(source, tmp_path, option, change, words):
+    cfg, sparse_cfg, src = change(config(), replace(SOURCE, method="rigl"), source, tmp_path)
+    with pytest.raises(ValueError, match=None) as error:
+        train.build_run(replace(cfg, **{option: str(src)}), sparse_cfg)
+    assert words in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_dense_source_and_two_mask_sources_are_refused(tmp_path):
+    dense = tmp_path / "dense"
+    train.start_run(config(), SparsityConfig(method="dense"), dense, resume=False, console=rich_console())
+    for option in ("masks_from", "densities_from"):
+        with pytest.raises(ValueError, match="has no masks \\(method dense trains dense\\)"):
+            train.build_run(config(**{option: str(dense)}), SparsityConfig(density=0.1))
+    with pytest.raises(ValueError, match="--masks-from and --densities-from are two ways"):
+        config(masks_from=str(dense), densities_from=str(dense))
+
+
+def test_a_restarted_run_resumes_bit_identically(source, tmp_path, monkeypatch):
+    cfg, sparse_cfg = config(epochs=2, masks_from=str(source)), replace(SOURCE, method="rigl")
+    train.start_run(cfg, sparse_cfg, tmp_path / "straight", resume=False, console=rich_console())
+    end_epoch = train.end_epoch
+
+    def stop_after_the_first(run, *args):
+        end_epoch(run, *args)
+        if run.epoch == 1:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train, "end_epoch", stop_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        train.start_run(cfg, sparse_cfg, tmp_path / "stopped", resume=False, console=rich_console())
+    monkeypatch.setattr(train, "end_epoch", end_epoch)
+    train.start_run(cfg, sparse_cfg, tmp_path / "stopped", resume=True, console=rich_console())
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("straight", "stopped"))
+    assert a["step"] == b["step"] > 0 and a["epoch"] == b["epoch"] == 2
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for name, mask in a["sparsity"]["masks"].items():
+        assert torch.equal(mask, b["sparsity"]["masks"][name]), name
+
+
+def test_cli_refuses_two_mask_sources_and_lottery_without_init_from(source, tmp_path):
+    both = cli("train", *SMOKE, "--epochs", "1", "--masks-from", str(source), "--densities-from", str(source),
+               "--out", str(tmp_path / "both"))
+    one_line_error(both, "--masks-from and --densities-from are two ways to start the masks")
+    lottery = cli("train", *SMOKE, "--epochs", "1", "--method", "lottery", "--masks-from", str(source),
+                  "--out", str(tmp_path / "lottery"))
+    one_line_error(lottery, "method lottery needs --masks-from RUN_DIR and --init-from RUN_DIR")
+
+
+# --- --match-flops: flops.matching_density ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wrn_22_2():
+    return flops.counted_model("wrn-22-2", "cifar10")
+
+
+@pytest.mark.parametrize("density, ours, report_value", [(0.1, 0.0584, 0.0587), (0.2, 0.1168, 0.1145),
+                                                         (0.5, 0.2866, 0.2855)])
+def test_erk_at_uniforms_flops_spends_uniforms_flops(wrn_22_2, density, ours, report_value):
+    """ERK's density whose inference FLOPs equal uniform's (its conv1 dense) at d, counted as
+    everywhere (conv and linear multiply-adds); the report's values differ in the third digit
+    (docs/flops.md, "FLOP-matched densities")."""
+    matched = flops.matching_density("wrn-22-2", "cifar10", SparsityConfig(density=density), counted=wrn_22_2)
+    erk = flops.inference_macs(wrn_22_2, SparsityConfig(density=matched))
+    uniform = flops.inference_macs(wrn_22_2, SparsityConfig(density=density, distribution="uniform"))
+    assert abs(erk - uniform) / uniform < 1e-3
+    assert round(matched, 4) == ours and abs(matched - report_value) < 0.0025
+
+
+def test_match_flops_trains_at_the_solved_density_and_records_the_asked_one():
+    cfg, sparse_cfg = config(match_flops="uniform"), SparsityConfig(density=0.2)
+    run = train.build_run(cfg, sparse_cfg)
+    expected = flops.matching_density(cfg.model, cfg.dataset, sparse_cfg)
+    assert run.sparse_cfg.density == expected < 0.2
+    assert abs(run.sparsity.total_row()["density"] - expected) < 0.01
+    saved = train.run_config(cfg, sparse_cfg)
+    assert saved["sparsity"]["density"] == expected and saved["train"]["match_flops"] == "uniform"
+    assert saved["derived_from"] == {"match_flops": {"target": "uniform", "density": 0.2}}
+
+
+def test_flops_command_shows_the_matched_density():
+    result = cli("flops", "--density", "0.1", "--match-flops", "uniform", "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert round(shown["density"], 4) == 0.0584 and shown["match_flops"] == {"target": "uniform", "density": 0.1}
+
+
+# --- report: rows of their own, and the equal-FLOPs figure ---------------------------------------------
+
+
+def derived(run_dir, value):
+    path = run_dir / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "derived_from": value}))
+
+
+def test_restarted_and_flop_matched_runs_get_rows_of_their_own(tmp_path):
+    for seed in (0, 1):
+        fake_run(tmp_path, f"plain-{seed}", "rigl", "erk", 0.1, seed, 92.0)
+        fake_run(tmp_path, f"uniform-{seed}", "rigl", "uniform", 0.1, seed, 91.7)
+        derived(fake_run(tmp_path, f"restart-{seed}", "rigl", "erk", 0.1, seed, 92.5),
+                {"masks_from": {"path": f"/sm{seed}", "method": "rigl-sm", "distribution": "erk", "density": 0.1}})
+        matched = fake_run(tmp_path, f"matched-{seed}", "rigl", "erk", 0.0584, seed, 91.4)
+        derived(matched, {"match_flops": {"target": "uniform", "density": 0.1}})
+    groups = report.aggregate(report.collect_runs(tmp_path))
+    labels = sorted(report.group_label(g) for g in groups)
+    assert labels == ["RigL", "RigL (ERK)", "RigL (ERK) at uniform's FLOPs", "RigL (ERK) from RigL-SM's masks"]
+    assert all(g["n"] == 2 and g["density"] == 0.1 for g in groups)
+    pairs = report.flop_matched_pairs(groups)
+    assert [(u["distribution"], m["origin"]) for u, m in pairs] == [("uniform", "at uniform's FLOPs")]
+    figure = report.plot_distributions_at_equal_flops(groups, tmp_path / "figure.png")
+    assert figure is not None and figure.stat().st_size > 0
+    assert report.plot_distributions_at_equal_flops([g for g in groups if not g["origin"]], tmp_path / "x.png") is None
