@@ -89,7 +89,7 @@ def test_train_step_formulas_by_hand():
     assert flops.train_step_flops(f_d, f_d, dense_gradient("dense")) == 30.0  # dense: f_S = f_D
     for method in ("static", "set", "small-dense", "pruning", "lottery"):
         assert flops.train_step_flops(f_s, f_d, dense_gradient(method)) == 6.0
-    for method in ("rigl", "rigl-sg", "rigl-sm"):
+    for method in ("rigl", "rigl-sg", "rigl-sm", "rigl-struct"):
         # (3 ΔT f_S + 2 f_S + f_D) / (ΔT + 1) = (24 + 4 + 10) / 5
         assert flops.train_step_flops(f_s, f_d, dense_gradient(method), update_interval=4) == pytest.approx(7.6)
     assert flops.train_step_flops(f_s, f_d, dense_gradient("snfs")) == 14.0
