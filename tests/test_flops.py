@@ -197,6 +197,19 @@ def test_report_pruning_trains_on_the_mean_density_of_the_reports_schedule(wrn, 
         flops.sparse_forward_macs(wrn_macs, mean) / sum(wrn_macs.values()))
 
 
+def test_rigl_struct_flops_follow_its_own_densities(wrn, wrn_macs):
+    """Linear dense and convolutions denser: its allocation, not RigL's, with RigL's dense gradient."""
+    report = method_flops("rigl-struct", "er")
+    allocation = rigl.initial_densities(shapes_of(wrn), SparsityConfig(method="rigl-struct", density=0.2,
+                                                                       distribution="er"))
+    assert [r["density"] for r in report["layers"]] == list(allocation.values())
+    assert report["layers"][-1]["density"] == 1.0  # fc dense
+    f_sparse = 2 * flops.sparse_forward_macs(wrn_macs, allocation)
+    assert report["sparse_forward_flops"] == pytest.approx(f_sparse)
+    assert report["train_step_flops"] == pytest.approx(
+        flops.rigl_train_flops(f_sparse, 2 * WRN_DENSE_MACS, SparsityConfig.update_interval))
+
+
 def test_flops_command_json_reproduces_table_2():
     result = cli("flops", "--model", "wrn-22-2", "--density", "0.2", "--distribution", "erk", "--json")
     assert result.returncode == 0, result.stderr
