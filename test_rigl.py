@@ -646,21 +646,22 @@ def one_conv_with_kernels(weights, gradients, active) -> tuple[Sparsity, nn.Para
 
 
 def test_rigl_struct_drops_smallest_signed_mean_weight_and_grows_largest_signed_mean_gradient():
-    """RR's scores: |mean over taps| of the weight to drop, of the dense gradient to grow. Mean |w|,
-    max |w|, the L2 norm or the signed mean without |.| each choose other kernels here."""
+    """RR's scores: |mean over taps| of the weight to drop, of the dense gradient to grow. Mean |.|,
+    the L2 norm, the signed mean without |.| or the other tensor each choose other kernels here."""
     weights = [[[3, -3], [1, 1], [2, 2], [-1.5, -1.5]],      # |mean|: 0, 1, 2, 1.5 (mean |w|: 3, 1, 2, 1.5)
                [[0, 0], [0, 0], [0, 0], [0, 0]]]            # inactive
-    gradients = [[[0.1, 0.1], [0.2, 0.2], [9, 9], [9, 9]],   # dropped ones may come back; kept ones may not
+    gradients = [[[4, 4], [0.2, 0.2], [0.1, 0.1], [0.3, 0.3]],  # a dropped kernel may come back
                  [[5, -5], [0.5, 0.5], [2, 2], [-3, -3]]]    # |mean|: 0, 0.5, 2, 3 (mean |g|: 5, 0.5, 2, 3)
-    active = [[True] * 4, [False] * 4]
-    sparsity, weight = one_conv_with_kernels(weights, gradients, active)
+    sparsity, weight = one_conv_with_kernels(weights, gradients, [[True] * 4, [False] * 4])
     assert torch.equal(rigl.kernel_scores(weight.detach()), torch.tensor([[0, 1, 2, 1.5], [0, 0, 0, 0]]))
-    sparsity.drop_and_grow(0.5)  # k = floor(0.5 · 4 active kernels) = 2
-    expected = torch.tensor([[False, False, True, True], [False, False, True, True]])
+    sparsity.drop_and_grow(0.5)  # k = floor(0.5 · 4 active kernels) = 2: drop (0,0), (0,1); grow (0,0), (1,3)
+    expected = torch.tensor([[True, False, True, True], [False, False, False, True]])
     assert torch.equal(sparsity.masks["weight"], rigl.kernel_mask(expected, weight.shape))
-    kept = torch.tensor(weights).view(2, 4, 1, 2) * rigl.kernel_mask(torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0]]).bool(), weight.shape)
-    assert torch.equal(weight.detach(), kept)  # grown kernels start at 0, kept ones keep their values
-    assert sparsity.last_update["grown"] == 4  # two kernels of two taps
+    # kept and regrown kernels keep their values (as RigL's connections); the new one starts at 0
+    survivors = torch.tensor([[True, False, True, True], [False] * 4])
+    kept = torch.tensor(weights).view(2, 4, 1, 2) * rigl.kernel_mask(survivors, weight.shape)
+    assert torch.equal(weight.detach(), kept)
+    assert sparsity.last_update["grown"] == 2  # one new kernel of two taps
 
 
 # --- rigl.py: schedule ----------------------------------------------------------------------------
