@@ -100,8 +100,8 @@ class SparsityConfig:
     the report's 87,891."""
     dense_layers: tuple[str | type, ...] | None = None
     """Weights kept dense and outside the budget, by name, glob pattern or module type (as
-    extra_weights). None = the distribution's default: the first layer for uniform (TF, RR), none for
-    er/erk (their capping decides). () = none at all."""
+    extra_weights). None = the distribution's default: the first layer for uniform (TF, RR; not for
+    rigl-struct), none for er/erk (their capping decides). () = none at all."""
     extra_weights: tuple[str | type, ...] = ()
     """Weights to sparsify beyond every convolution, Linear and Conv1D: names ("lstm"), glob patterns
     ("*.in_proj_weight", "encoder.*.mlp.*") or module types (nn.LSTM); a tied weight under any name."""
