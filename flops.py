@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from models import DATASET_SHAPES, build_model, small_dense_width
-from rigl import REPORT_STEPS, SparsityConfig, initial_densities, masked_weights, mean_pruning_density
+from rigl import KERNEL_LEVEL, REPORT_STEPS, SparsityConfig, initial_densities, masked_weights, mean_pruning_density
 
 PAPER_FLOPS_PER_MAC = 2
 """The paper counts a multiply and an add as two FLOPs; fvcore counts the pair as one."""
@@ -62,7 +62,8 @@ DenseGradient = Literal["never", "update steps", "every step"]
 """When a method computes the dense gradient of the weights, which the accounting charges as f_D."""
 
 DENSE_GRADIENT: dict[str, DenseGradient] = {"rigl": "update steps", "rigl-sg": "update steps",
-                                            "rigl-sm": "update steps", "snfs": "every step"}
+                                            "rigl-sm": "update steps", "rigl-struct": "update steps",
+                                            "snfs": "every step"}
 """When a method needs the dense gradient ∂L/∂W: RigL to grow, SNFS for its dense momentum; the
 others never do (paper Sec. 4, report appendix)."""
 
@@ -231,8 +232,9 @@ def method_flops(model_name: str, dataset: str, sparse_cfg: SparsityConfig, mult
                            reference_macs=dense_macs, **common)
     # The distribution's allocation. For pruning it stands for the final masks (an estimate: the
     # report's pruning ranks globally, so only a run knows its final layer densities), and it
-    # trains at their mean along the report's schedule.
-    allocation = initial_densities(shapes, replace(sparse_cfg, method="static"))
+    # trains at their mean along the report's schedule. RigL-struct's allocation is its own (Linear
+    # dense, convolutions denser).
+    allocation = initial_densities(shapes, replace(sparse_cfg, method=method if method in KERNEL_LEVEL else "static"))
     train_densities = None
     if method == "pruning":
         t0, t1 = int(sparse_cfg.t_start * REPORT_STEPS), int(sparse_cfg.t_end * REPORT_STEPS)

@@ -59,14 +59,17 @@ log = logging.getLogger("rigl")
 # ---------------------------------------------------------------------------------------------
 
 Method = Literal["dense", "small-dense", "static", "set", "rigl", "snfs", "pruning", "lottery",
-                 "rigl-sg", "rigl-sm"]
+                 "rigl-sg", "rigl-sm", "rigl-struct"]
 """Every method, in the order of the report's Table 2 and its "going beyond" variants."""
 UNMASKED = ("dense", "small-dense")
 """Methods that train without masks: the dense network, and Small-Dense's narrower one."""
-DROP_AND_GROW = ("rigl", "set", "snfs", "rigl-sg", "rigl-sm")
+DROP_AND_GROW = ("rigl", "set", "snfs", "rigl-sg", "rigl-sm", "rigl-struct")
 """Methods that drop and regrow connections every ΔT steps until T_end."""
 REDISTRIBUTING = {"snfs": "momentum", "rigl-sm": "momentum", "rigl-sg": "gradient"}
 """Methods that move layer budgets by the mean |momentum| or |gradient| of active weights."""
+KERNEL_LEVEL = ("rigl-struct",)
+"""Methods whose unit is one k×k kernel of a convolution, all its taps on or off together (the
+report's RigL-struct); their non-convolution weights stay dense."""
 CHANGES_EVERY_INTERVAL = DROP_AND_GROW + ("pruning",)
 """Methods whose masks change every ΔT steps: drop and grow, and gradual pruning's pruning steps."""
 Distribution = Literal["uniform", "er", "erk"]
@@ -97,8 +100,8 @@ class SparsityConfig:
     the report's 87,891."""
     dense_layers: tuple[str | type, ...] | None = None
     """Weights kept dense and outside the budget, by name, glob pattern or module type (as
-    extra_weights). None = the distribution's default: the first layer for uniform (TF, RR), none for
-    er/erk (their capping decides). () = none at all."""
+    extra_weights). None = the distribution's default: the first layer for uniform (TF, RR; not for
+    rigl-struct), none for er/erk (their capping decides). () = none at all."""
     layer_densities: dict[str, float] | None = None
     """Per-layer densities by masked weight name, overriding the distribution for those layers (TF's
     custom_sparsity_map); the others share --density by the distribution."""
@@ -214,12 +217,42 @@ def distribute_density(shapes: dict[str, torch.Size], config: SparsityConfig,
     sparse = {name: s for name, s in shapes.items() if name not in dense_layers}
     if config.method in UNMASKED + ("pruning",):  # pruning starts dense
         densities = {name: 1.0 for name in sparse}
-    elif config.distribution == "uniform":
-        densities = uniform_densities(sparse, config.density)
+    elif config.method in KERNEL_LEVEL:
+        densities = kernel_level_densities(sparse, config)
     else:
-        densities = erdos_renyi_densities(sparse, config.density, kernel=config.distribution == "erk",
-                                          power_scale=config.erk_power_scale)
+        densities = spread_density(sparse, config.density, config)
     return {name: 1.0 if name in dense_layers else densities[name] for name in shapes}
+
+
+def spread_density(shapes: dict[str, torch.Size], density: float, config: SparsityConfig) -> dict[str, float]:
+    """Density d spread over these layers by config.distribution (uniform, ER or ERK)."""
+    if config.distribution == "uniform":
+        return uniform_densities(shapes, density)
+    return erdos_renyi_densities(shapes, density, kernel=config.distribution == "erk",
+                                 power_scale=config.erk_power_scale)
+
+
+def has_kernels(shape: torch.Size) -> bool:
+    """A convolution's weight, (n_out, n_in, k_1, ...): one kernel per (output, input) pair."""
+    return len(shape) > 2
+
+
+def kernel_level_densities(shapes: dict[str, torch.Size], config: SparsityConfig) -> dict[str, float]:
+    """RigL-struct: weights without kernels (Linear) dense, the convolutions at the density that
+    keeps the overall density d (RR's `_remove_fc_adjust_density`), spread by the distribution."""
+    convolutions = {name: s for name, s in shapes.items() if has_kernels(s)}
+    if not convolutions:
+        raise ValueError(f"{config.method} masks the kernels of convolutions, and no masked weight is one")
+    n_all = sum(math.prod(s) for s in shapes.values())
+    n_conv = sum(math.prod(s) for s in convolutions.values())
+    # d_conv = (d · N_all − N_dense) / N_conv, which never exceeds 1 for d <= 1
+    conv_density = (config.density * n_all - (n_all - n_conv)) / n_conv
+    if conv_density <= 0:
+        raise ValueError(f"{config.method} keeps {n_all - n_conv:,} non-convolution weights dense, more than "
+                         f"density {config.density:g} allows ({config.density * n_all:,.0f} active weights); "
+                         f"use a density above {(n_all - n_conv) / n_all:.4f}")
+    densities = spread_density(convolutions, conv_density, config)
+    return {name: densities.get(name, 1.0) for name in shapes}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,8 +380,9 @@ def dense_layers_of(names: list[str], config: SparsityConfig,
     by default the first layer for uniform (TF, RR) and none for ER/ERK (their capping decides).
     `candidates` maps every name of a masked weight (a tied one has several) to its masked name
     and module; without it, the masked names alone (no module types)."""
-    if config.dense_layers is None:
-        return (names[0],) if config.distribution == "uniform" and names else ()
+    if config.dense_layers is None:  # RigL-struct masks the first convolution too (RR)
+        uniform = config.distribution == "uniform" and config.method not in KERNEL_LEVEL
+        return (names[0],) if uniform and names else ()
     candidates = candidates or {n: (n, None) for n in names}
     picked = select(config.dense_layers, {n: m for n, (_, m) in candidates.items()}, "dense_layers",
                     "masked weight")
@@ -392,6 +426,31 @@ def random_mask(shape: torch.Size, n_active: int, generator: torch.Generator) ->
     mask = torch.zeros(numel, dtype=torch.bool, device=generator.device)
     mask[torch.randperm(numel, generator=generator, device=generator.device)[:n_active]] = True
     return mask.view(shape)
+
+
+def kernel_mask(kernels: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """An (n_out, n_in) mask of kernels as a mask of the weight's shape: every tap of a kernel
+    on or off with it."""
+    taps = (1,) * (len(shape) - 2)
+    return kernels.view(*kernels.shape, *taps).expand(shape).contiguous()
+
+
+def random_kernel_mask(shape: torch.Size, density: float, generator: torch.Generator) -> torch.Tensor:
+    """A mask of whole kernels: exactly round(d · n_out · n_in) of them on (at least one), at random."""
+    kernels = shape[:2]
+    return kernel_mask(random_mask(kernels, active_count(density, math.prod(kernels)), generator), shape)
+
+
+def kernels_of(mask: torch.Tensor) -> torch.Tensor:
+    """The (n_out, n_in) kernel mask of a kernel-constant weight mask: a kernel is on if its taps are."""
+    return mask.flatten(2).any(dim=-1)
+
+
+def kernel_scores(tensor: torch.Tensor) -> torch.Tensor:
+    """|mean over a kernel's taps| of a weight or gradient, one score per (output, input) pair
+    (RR's struct-magnitude-mean and struct-absolute-gradient-mean: the mean is signed)."""
+    # s_oi = |(1 / k_h k_w) Σ_taps x_oi,tap|
+    return tensor.flatten(2).mean(dim=-1).abs()
 
 
 def top_k_mask(scores: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -580,6 +639,9 @@ class Sparsity:
         if self.config.method == "pruning":
             return {name: torch.ones_like(w, dtype=torch.bool) for name, w in self.weights.items()
                     if name not in self.dense_layers}
+        if self.config.method in KERNEL_LEVEL:
+            return {name: random_kernel_mask(w.shape, self.initial_densities[name], self.generator)
+                    for name, w in self.weights.items() if self.initial_densities[name] < 1.0}
         return {name: random_mask(w.shape, active_count(self.initial_densities[name], w.numel()), self.generator)
                 for name, w in self.weights.items() if self.initial_densities[name] < 1.0}
 
@@ -603,6 +665,11 @@ class Sparsity:
         if self.config.method in UNMASKED:
             return
         capped = [n for n, d in self.initial_densities.items() if d >= 1.0 and n not in self.dense_layers]
+        if self.config.method in KERNEL_LEVEL:
+            kernelless = [n for n in capped if not has_kernels(self.weights[n].shape)]
+            capped = [n for n in capped if n not in kernelless]
+            log.info("dense by %s (no kernels; inside the density budget): %s", self.config.method,
+                     kernelless or "none")
         log.info("dense by choice (outside the density budget): %s", list(self.dense_layers) or "none")
         log.info("dense by the %s capping: %s", self.config.distribution, capped or "none")
 
@@ -685,6 +752,8 @@ class Sparsity:
     @torch.no_grad()
     def drop_and_grow(self, drop_fraction: float) -> None:
         """One drop-and-grow update of every sparse layer with drop fraction α_t."""
+        if self.config.method in KERNEL_LEVEL:
+            return self.drop_and_grow_kernels(drop_fraction)
         before = self.active_counts()
         # k = floor(α_t · n_active)   (TF sparse_optimizers_base.py)
         n_drop = {name: math.floor(drop_fraction * n) for name, n in before.items()}
@@ -698,6 +767,30 @@ class Sparsity:
             grown += self._replace_mask(name, kept[name] | new)
         self._check_counts(before)
         self.last_update = {"step": self.step_count, "drop_fraction": drop_fraction, "grown": grown}
+
+    @torch.no_grad()
+    def drop_and_grow_kernels(self, drop_fraction: float) -> None:
+        """RigL-struct's update: drop the active kernels of smallest |mean w| and grow as many of the
+        largest |mean ∂L/∂w| over their taps, per layer (RR's struct-magnitude-mean pruning and
+        struct-absolute-gradient-mean growth)."""
+        before = self.kernel_counts()
+        grown = 0
+        for name, mask in self.masks.items():
+            weight = self.weights[name]
+            # k = floor(α_t · n_active kernels)
+            n_drop = math.floor(drop_fraction * before[name])
+            kept = drop_mask(kernel_scores(weight), kernels_of(mask), n_drop, self.generator, before[name])
+            new = grow_mask(kernel_scores(self.gradient(name)), kept, n_drop, self.generator)
+            assert not (new & kept).any(), "grown kernels must come from the unkept"
+            grown += self._replace_mask(name, kernel_mask(kept | new, weight.shape))
+        assert self.kernel_counts() == before, "an update must keep every layer's active kernel count"
+        self.last_update = {"step": self.step_count, "drop_fraction": drop_fraction, "grown": grown}
+
+    def kernel_counts(self) -> dict[str, int]:
+        """Every mask's number of active kernels; each kernel must be all on or all off."""
+        for name, mask in self.masks.items():
+            assert torch.equal(kernels_of(mask), mask.flatten(2).all(dim=-1)), f"{name}: a kernel is partly on"
+        return {name: int(torch.count_nonzero(kernels_of(mask))) for name, mask in self.masks.items()}
 
     def _regrowth_counts(self, n_drop: dict[str, int], kept: dict[str, torch.Tensor]) -> dict[str, int]:
         """RigL and SET regrow what each layer dropped. SNFS and RigL-SM redistribute the total

@@ -551,7 +551,8 @@ def test_every_update_replaces_the_optimizer_step(method):
     mask update, which only zeroes dropped ones and starts grown ones at 0."""
     model = small_net()
     optimizer = sgd(model)
-    sparsity = Sparsity(model, optimizer, SparsityConfig(method=method, density=0.3, update_interval=1), 10)
+    density = 0.5 if method in rigl.KERNEL_LEVEL else 0.3  # small_net's Linear weights, dense, are 34%
+    sparsity = Sparsity(model, optimizer, SparsityConfig(method=method, density=density, update_interval=1), 10)
     train_steps(model, optimizer, sparsity, 0)
     nn.functional.cross_entropy(model(torch.randn(4, 3, 8, 8)), torch.arange(4)).backward()
     before = {n: w.detach().clone() for n, w in sparsity.weights.items()}
@@ -592,6 +593,117 @@ def test_accumulated_micro_batches_grow_where_one_big_batch_does():
         return {n: m.clone() for n, m in sparsity.masks.items()}
     one, four = grown_after(1), grown_after(4)
     assert all(torch.equal(one[n], four[n]) for n in one)
+
+
+# --- rigl.py: RigL-struct, whole k×k kernels (the report's supplement) -----------------------------
+
+
+def struct_net() -> nn.Module:
+    """Convolutions of 3×3 and 1×1 kernels and a Linear head: the first conv is masked too."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 32, 1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+def assert_whole_kernels(sparsity: Sparsity) -> dict[str, int]:
+    """Every mask constant over each kernel's taps; returns each layer's active kernel count."""
+    for name, mask in sparsity.masks.items():
+        kernels = mask.flatten(2)
+        assert torch.equal(kernels.all(dim=-1), kernels.any(dim=-1)), f"{name}: a kernel is partly on"
+    return {name: int(mask.flatten(2).any(dim=-1).sum()) for name, mask in sparsity.masks.items()}
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "er", "erk"])
+def test_rigl_struct_keeps_whole_kernels_and_exact_kernel_counts_through_every_update(distribution):
+    model = struct_net()
+    optimizer = sgd(model)
+    cfg = SparsityConfig(method="rigl-struct", density=0.2, distribution=distribution, update_interval=2, t_end=1.0)
+    sparsity = Sparsity(model, optimizer, cfg, total_steps=61)
+    # round(d_l · n_out · n_in) kernels per layer, the first conv among them; the Linear head unmasked
+    expected = {n: rigl.active_count(sparsity.initial_densities[n], w.shape[0] * w.shape[1])
+                for n, w in sparsity.weights.items() if w.ndim == 4}
+    assert assert_whole_kernels(sparsity) == expected and set(sparsity.masks) == set(expected)
+    assert "0.weight" in sparsity.masks and "8.weight" in sparsity.weights and "8.weight" not in sparsity.masks
+    changed = updates = 0
+    for _ in range(60):
+        before = {n: m.clone() for n, m in sparsity.masks.items()}
+        train_steps(model, optimizer, sparsity, 1)
+        assert assert_whole_kernels(sparsity) == expected
+        updates += sparsity.last_update["step"] == sparsity.step_count
+        changed += any(not torch.equal(before[n], m) for n, m in sparsity.masks.items())
+        for name, mask in sparsity.masks.items():  # masked weights and their momentum exactly zero
+            weight = sparsity.weights[name]
+            assert torch.all(weight[~mask] == 0), name
+            assert torch.all(optimizer.state[weight]["momentum_buffer"][~mask] == 0), name
+    assert updates == 30 and changed >= 15  # late updates (α_t small) may regrow what they dropped
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "er", "erk"])
+def test_rigl_struct_keeps_linear_dense_and_raises_the_conv_density_to_keep_d(distribution):
+    shapes = shapes_of(struct_net())
+    density = 0.2
+    densities = rigl.initial_densities(shapes, SparsityConfig(method="rigl-struct", density=density,
+                                                              distribution=distribution))
+    numel = {n: math.prod(s) for n, s in shapes.items()}
+    convs = [n for n, s in shapes.items() if len(s) == 4]
+    assert densities["8.weight"] == 1.0
+    # d_conv = (d · N_all − N_linear) / N_conv: the convolutions carry the budget the Linear head uses
+    conv_density = (density * sum(numel.values()) - numel["8.weight"]) / sum(numel[n] for n in convs)
+    assert sum(densities[n] * numel[n] for n in convs) == pytest.approx(conv_density * sum(numel[n] for n in convs))
+    assert sum(densities[n] * numel[n] for n in shapes) == pytest.approx(density * sum(numel.values()))
+    if distribution == "uniform":  # no dense first layer: every conv at d_conv
+        assert all(densities[n] == pytest.approx(conv_density) for n in convs)
+    if distribution == "er":  # plain ER over (n_out, n_in), as the report's "ERK" rows ran: d_l / ER_l constant
+        ratios = [densities[n] / ((shapes[n][0] + shapes[n][1]) / (shapes[n][0] * shapes[n][1])) for n in convs]
+        assert ratios == pytest.approx([ratios[0]] * len(ratios))
+
+
+def test_rigl_struct_overall_density_of_a_run_is_d_with_linear_dense():
+    model = struct_net()
+    sparsity = Sparsity(model, sgd(model), SparsityConfig(method="rigl-struct", density=0.2), total_steps=10)
+    rows = {r["name"]: r for r in sparsity.layer_stats()}
+    assert rows["8.weight"]["density"] == 1.0 and rows["8.weight"]["active"] == 320
+    # rounding to whole kernels moves each layer by at most half a kernel
+    total = sparsity.total_row()
+    assert abs(total["active"] - 0.2 * total["total"]) <= 3 * 9 / 2 and total["total"] == 6384
+
+
+def test_rigl_struct_refuses_a_density_the_dense_linear_weights_exceed():
+    with pytest.raises(ValueError, match=r"keeps 832 non-convolution weights dense.*use a density above 0\.3388"):
+        Sparsity(small_net(), None, SparsityConfig(method="rigl-struct", density=0.3), total_steps=10)
+
+
+def one_conv_with_kernels(weights, gradients, active) -> tuple[Sparsity, nn.Parameter]:
+    """A 4-input, 2-output conv of 1×2 kernels with these kernel values, gradients and active kernels."""
+    conv = nn.Conv2d(4, 2, (1, 2), bias=False)
+    sparsity = Sparsity(conv, None, SparsityConfig(method="rigl-struct", density=0.5, distribution="uniform"), 10)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor(weights).view(2, 4, 1, 2))
+    sparsity.set_masks({"weight": rigl.kernel_mask(torch.tensor(active), conv.weight.shape)})
+    conv.weight.grad = torch.tensor(gradients).view(2, 4, 1, 2)
+    return sparsity, conv.weight
+
+
+def test_rigl_struct_drops_smallest_signed_mean_weight_and_grows_largest_signed_mean_gradient():
+    """RR's scores: |mean over taps| of the weight to drop, of the dense gradient to grow. Mean |.|,
+    the L2 norm, the signed mean without |.| or the other tensor each choose other kernels here."""
+    weights = [[[3, -3], [1, 1], [2, 2], [-1.5, -1.5]],      # |mean|: 0, 1, 2, 1.5 (mean |w|: 3, 1, 2, 1.5)
+               [[0, 0], [0, 0], [0, 0], [0, 0]]]            # inactive
+    gradients = [[[4, 4], [0.2, 0.2], [0.1, 0.1], [0.3, 0.3]],  # a dropped kernel may come back
+                 [[5, -5], [0.5, 0.5], [2, 2], [-3, -3]]]    # |mean|: 0, 0.5, 2, 3 (mean |g|: 5, 0.5, 2, 3)
+    sparsity, weight = one_conv_with_kernels(weights, gradients, [[True] * 4, [False] * 4])
+    assert torch.equal(rigl.kernel_scores(weight.detach()), torch.tensor([[0, 1, 2, 1.5], [0, 0, 0, 0]]))
+    sparsity.drop_and_grow(0.5)  # k = floor(0.5 · 4 active kernels) = 2: drop (0,0), (0,1); grow (0,0), (1,3)
+    expected = torch.tensor([[True, False, True, True], [False, False, False, True]])
+    assert torch.equal(sparsity.masks["weight"], rigl.kernel_mask(expected, weight.shape))
+    # kept and regrown kernels keep their values (as RigL's connections); the new one starts at 0
+    survivors = torch.tensor([[True, False, True, True], [False] * 4])
+    kept = torch.tensor(weights).view(2, 4, 1, 2) * rigl.kernel_mask(survivors, weight.shape)
+    assert torch.equal(weight.detach(), kept)
+    assert sparsity.last_update["grown"] == 2  # one new kernel of two taps
 
 
 # --- rigl.py: schedule ----------------------------------------------------------------------------

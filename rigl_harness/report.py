@@ -32,7 +32,7 @@ from rigl import CHANGES_EVERY_INTERVAL, DROP_AND_GROW, UNMASKED, Method, Sparsi
 from rigl_harness.runs import atomic_write, may_differ, read_config, read_json, write_text
 from train import TrainConfig, resolve_recipe
 
-SPELLING = {"rigl": "RigL", "set": "SET", "snfs": "SNFS", "sg": "SG", "sm": "SM"}
+SPELLING = {"rigl": "RigL", "set": "SET", "snfs": "SNFS", "sg": "SG", "sm": "SM", "struct": "struct"}
 """The words of method names that the report does not write capitalised: "rigl-sg" -> "RigL-SG"."""
 DISTRIBUTION_SUFFIX = {NO_DISTRIBUTION: "", "uniform": "", "er": " (ER)", "erk": " (ERK)"}
 """The report leaves uniform unmarked and writes "(ERK)" after the method (Table 2)."""

@@ -89,7 +89,7 @@ def test_train_step_formulas_by_hand():
     assert flops.train_step_flops(f_d, f_d, dense_gradient("dense")) == 30.0  # dense: f_S = f_D
     for method in ("static", "set", "small-dense", "pruning", "lottery"):
         assert flops.train_step_flops(f_s, f_d, dense_gradient(method)) == 6.0
-    for method in ("rigl", "rigl-sg", "rigl-sm"):
+    for method in ("rigl", "rigl-sg", "rigl-sm", "rigl-struct"):
         # (3 ΔT f_S + 2 f_S + f_D) / (ΔT + 1) = (24 + 4 + 10) / 5
         assert flops.train_step_flops(f_s, f_d, dense_gradient(method), update_interval=4) == pytest.approx(7.6)
     assert flops.train_step_flops(f_s, f_d, dense_gradient("snfs")) == 14.0
@@ -195,6 +195,19 @@ def test_report_pruning_trains_on_the_mean_density_of_the_reports_schedule(wrn, 
     assert report["inference_flops_ratio"] == pytest.approx(0.2022, abs=1e-3)  # final masks
     assert report["train_flops_ratio"] == pytest.approx(
         flops.sparse_forward_macs(wrn_macs, mean) / sum(wrn_macs.values()))
+
+
+def test_rigl_struct_flops_follow_its_own_densities(wrn, wrn_macs):
+    """Linear dense and convolutions denser: its allocation, not RigL's, with RigL's dense gradient."""
+    report = method_flops("rigl-struct", "er")
+    allocation = rigl.initial_densities(shapes_of(wrn), SparsityConfig(method="rigl-struct", density=0.2,
+                                                                       distribution="er"))
+    assert [r["density"] for r in report["layers"]] == list(allocation.values())
+    assert report["layers"][-1]["density"] == 1.0  # fc dense
+    f_sparse = 2 * flops.sparse_forward_macs(wrn_macs, allocation)
+    assert report["sparse_forward_flops"] == pytest.approx(f_sparse)
+    assert report["train_step_flops"] == pytest.approx(
+        flops.rigl_train_flops(f_sparse, 2 * WRN_DENSE_MACS, SparsityConfig.update_interval))
 
 
 def test_flops_command_json_reproduces_table_2():

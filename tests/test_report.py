@@ -242,7 +242,8 @@ def test_a_damaged_run_is_named_before_anything_is_written(tmp_path, damage, wor
 def test_methods_are_written_as_the_report_writes_them():
     assert {m: report.method_name(m) for m in get_args(Method)} == {
         "dense": "Dense", "small-dense": "Small-Dense", "static": "Static", "set": "SET", "rigl": "RigL",
-        "snfs": "SNFS", "pruning": "Pruning", "lottery": "Lottery", "rigl-sg": "RigL-SG", "rigl-sm": "RigL-SM"}
+        "snfs": "SNFS", "pruning": "Pruning", "lottery": "Lottery", "rigl-sg": "RigL-SG", "rigl-sm": "RigL-SM",
+        "rigl-struct": "RigL-struct"}
 
 
 def test_exploration_is_tabulated_beside_table_2_and_in_the_csv(tmp_path):
