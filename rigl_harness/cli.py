@@ -6,8 +6,9 @@ train.py), and its help is that field's docstring (options.help_of).
 
 import json
 import logging
-from dataclasses import replace
+import shlex
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -20,7 +21,7 @@ except ModuleNotFoundError as error:
 
 import flops
 from rigl import Distribution, Method, SparsityConfig
-from rigl_harness import bench, report, runs, sweep, terminal, tune
+from rigl_harness import bench, report, runs, studies, sweep, terminal, tune
 from rigl_harness.deploy import export, inference
 from rigl_harness.distributed import pick_device
 from rigl_harness.options import comma_separated, configs_from_options, help_of
@@ -262,6 +263,44 @@ def tune_settings(trials: int, seeds: str, alpha_range: str, interval_range: str
     if len(alphas) != 2 or len(intervals) != 3:
         raise ValueError("--alpha-range takes LOW,HIGH and --interval-range LOW,HIGH,STEP")
     return tune.TuneSettings(trials, seed_list, alphas, intervals, startup_trials, sampler_seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# reproduce: every command of one table or figure of the report (studies.py)
+# ---------------------------------------------------------------------------------------------
+
+StudyName = Literal[tuple(studies.STUDIES)]
+ScaleName = Literal[tuple(studies.SCALES)]
+
+
+@app.command("reproduce", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def reproduce_command(
+    ctx: typer.Context,
+    study: Annotated[StudyName, typer.Argument(help="The report's table or figure (docs/report-map.md).")],
+    root: Annotated[str, typer.Argument(help="Directory of the study's sweeps, studies and reports.")],
+    scale: Annotated[ScaleName, typer.Option(help="full: the report's runs; cpu: synthetic data, minutes; smoke: the tests' size.")] = "full",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands; run nothing.")] = False,
+) -> None:
+    """Run the sweep, tune, train and report commands of one of the report's tables or figures into
+    ROOT, one after another; finished runs are skipped, so the same command continues a stopped
+    study. Other `train` options (--data-dir, --device, ...) go to every run."""
+    console = terminal.make_console()
+    with terminal.user_errors(console, lambda: f"interrupted: rerun the same reproduce command to continue"):
+        found = studies.commands(studies.STUDIES[study], studies.SCALES[scale], root, tuple(ctx.args))
+        for i, args in enumerate(found, 1):
+            console.print(f"[{i}/{len(found)}] python rigl.py {shlex.join(args)}", highlight=False, soft_wrap=True)
+            if not dry_run:
+                run_command(args)
+
+
+def run_command(args: list[str]) -> None:
+    """One command of this program in this process; a failure stops here with its exit code (the
+    command has printed why)."""
+    try:
+        app(args, prog_name="rigl.py")
+    except SystemExit as stop:  # the command's own exit: 0 when it succeeded
+        if stop.code:
+            raise
 
 
 # ---------------------------------------------------------------------------------------------
