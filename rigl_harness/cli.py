@@ -286,7 +286,10 @@ def reproduce_command(
     study. Other `train` options (--data-dir, --device, ...) go to every run."""
     console = terminal.make_console()
     with terminal.user_errors(console, lambda: f"interrupted: rerun the same reproduce command to continue"):
-        found = studies.commands(studies.STUDIES[study], studies.SCALES[scale], root, tuple(ctx.args))
+        chosen = studies.STUDIES[study]
+        found = studies.commands(chosen, studies.SCALES[scale], root, tuple(ctx.args))
+        console.print(f"{study}: {chosen.item}; at full length {len(studies.full_runs(chosen))} runs, about "
+                      f"{studies.gpu_hours(chosen):g} GPU-hours (docs/report-map.md)", highlight=False, soft_wrap=True)
         for i, args in enumerate(found, 1):
             console.print(f"[{i}/{len(found)}] python rigl.py {shlex.join(args)}", highlight=False, soft_wrap=True)
             if not dry_run:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rigl import SparsityConfig
+from rigl_harness.sweep import AXES, cells, parse_grid
+from train import TrainConfig
 
 RUN_HOURS = {"cifar10": 2.0, "cifar100": 16.0}
 """GPU-hours of one 250-epoch run at 1×: the report's GTX 1080 time for CIFAR-10 WRN-22-2 (about
@@ -31,6 +33,9 @@ class Scale:
     """ΔT of every run that does not set its own; None = the paper's 100."""
     trials: int
     """Trials of every tune study."""
+    values: dict[str, int] | None = None
+    """At most this many values of these grid options (the first ones); a restart from a run the
+    scale leaves out is left out too. None: every value."""
 
 
 SCALES = {
@@ -38,10 +43,12 @@ SCALES = {
     "cpu": Scale(("--dataset", "synthetic", "--model", "wrn-10-1", "--train-subset", "512", "--val-size", "256",
                   "--batch-size", "64", "--epochs", "3", "--workers", "0"), (0, 1), 4, 3),
     "smoke": Scale(("--dataset", "synthetic", "--model", "wrn-10-1", "--train-subset", "256", "--val-size", "64",
-                    "--batch-size", "64", "--epochs", "1", "--workers", "0"), (0,), 1, 2),
+                    "--batch-size", "64", "--epochs", "1", "--workers", "0"), (0,), 1, 2,
+                   {"--densities": 1, "--lrs": 2}),
 }
 """full: the report's recipes and seeds. cpu: WRN-10-1 on 512 synthetic images for 3 epochs (24
-steps, ΔT = 4), two seeds, minutes per study on a laptop. smoke: one seed, 4 steps, what the tests run."""
+steps, ΔT = 4), two seeds, minutes per study on a laptop. smoke: one seed, 4 steps, the first density and two learning rates of each grid: every command of
+every study, with all its options, at the least cost (what the tests run)."""
 
 
 @dataclass(frozen=True)
@@ -53,10 +60,6 @@ class Study:
     steps: tuple[tuple[str, ...], ...]
     """Commands after `python rigl.py`, with {root} for ROOT, {seeds} for the scale's seeds and,
     in a step that starts with "each-seed", one command per seed with {seed}."""
-    runs: int
-    """Training runs at full length (3 seeds)."""
-    gpu_hours: float
-    """Estimated GPU-hours at full length (RUN_HOURS)."""
     outputs: tuple[str, ...]
     """The files under ROOT (glob patterns) where the table or figure is drawn."""
 
@@ -92,7 +95,7 @@ STUDIES = {
         "Table 1: RigL (ERK) and dense on all 50,000 training images (no validation split)",
         (sweep("table1", "--methods", "dense,rigl", "--distributions", "erk", "--densities", "0.1,0.2,0.5",
                "--val-size", "0"), report("table1")),
-        12, 24, ("table1/report.md",)),
+        ("table1/report.md",)),
     "table2": Study(
         "Table 2: CIFAR-10 WRN-22-2, every method at d = 0.1 and 0.2",
         (sweep("table2", "--methods", "dense,small-dense,static,set,rigl,snfs,pruning", "--distributions", "uniform",
@@ -101,7 +104,7 @@ STUDIES = {
          sweep("table2", "--methods", "rigl", "--multipliers", "2", "--distributions", "uniform,erk",
                "--densities", "0.1,0.2"),
          report("table2")),
-        63, 150, ("table2/report.md", "table2/figures/accuracy_vs_density.png",
+        ("table2/report.md", "table2/figures/accuracy_vs_density.png",
                   "table2/figures/accuracy_vs_flops.png")),
     "table3": Study(
         "Table 3: CIFAR-100 ResNet-50 at d = 0.1 and 0.2",
@@ -112,27 +115,27 @@ STUDIES = {
          sweep("table3", "--methods", "rigl", "--multipliers", "3", "--distributions", "uniform",
                "--densities", "0.1,0.2", "--dataset", "cifar100"),
          report("table3")),
-        39, 816, ("table3/report.md",)),
+        ("table3/report.md",)),
     "table4": Study(
         "Table 4 and the tuning contour: α and ΔT tuned by TPE per distribution at d = 0.1",
         (tune("table4", "--distribution", "uniform", "--density", "0.1"),
          tune("table4", "--distribution", "erk", "--density", "0.1")),
-        90, 180, ("table4/tune.md", "table4/figures/tune-*-search.png")),
+        ("table4/tune.md", "table4/figures/tune-*-search.png")),
     "lr": Study(
         "Learning-rate figure: RigL (ERK) d = 0.1 against lr, for four (α, ΔT)",
         tuple(sweep("lr", "--methods", "rigl", "--distributions", "erk", "--densities", "0.1",
                     "--lrs", "0.1,0.05,0.01,0.005", "--drop-fractions", alpha, "--update-intervals", interval)
               for alpha, interval in LR_PAIRS) + (report("lr"),),
-        48, 96, ("lr/figures/accuracy_vs_lr.png",)),
+        ("lr/figures/accuracy_vs_lr.png",)),
     "table5": Study(
         "Table 5: redistribution (RigL-SG, RigL-SM) and RigL restarted from RigL-SM's final masks",
         (REDISTRIBUTION,) + tuple(restart(dist, d) for dist in ("uniform", "erk") for d in ("0.1", "0.2"))
         + (report("redistribution"),),
-        48, 96, ("redistribution/report.md",)),
+        ("redistribution/report.md",)),
     "density-evolution": Study(
         "Density distribution evolution: forward FLOPs over training, final layer densities side by side",
         (REDISTRIBUTION, report("redistribution")),
-        36, 72, ("redistribution/figures/flops_over_training_*.png",)),
+        ("redistribution/figures/flops_over_training_*.png",)),
     "fixed-flops": Study(
         "Fixed FLOPs vs fixed parameters: uniform against ERK at equal density and at uniform's FLOPs",
         (sweep("distributions/fixed-parameters", "--methods", "rigl", "--distributions", "uniform,erk",
@@ -140,33 +143,49 @@ STUDIES = {
          sweep("distributions/fixed-flops", "--methods", "rigl", "--distributions", "erk",
                "--densities", "0.1,0.2,0.5", "--match-flops", "uniform"),
          report("distributions")),
-        27, 54, ("distributions/figures/distributions_at_equal_flops.png",
+        ("distributions/figures/distributions_at_equal_flops.png",
                  "distributions/figures/accuracy_vs_flops.png")),
     "rigl-struct": Study(
         "Supplement, Dynamic Structured Sparsity: RigL-struct (kernel-level masks) beside RigL",
         (sweep("struct", "--methods", "rigl,rigl-struct", "--distributions", "uniform,er", "--densities", "0.1,0.2"),
          report("struct")),
-        24, 48, ("struct/report.md",)),
+        ("struct/report.md",)),
 }
 """Every table and figure of the report that a command reproduces, in the report's order."""
 
 
 def scaled(step: tuple[str, ...], scale: Scale) -> tuple[str, ...]:
-    """One command at a scale: the scale's ΔT where the command sets none, its trials for tune, and
-    its options last."""
-    command = step[0]
+    """One command at a scale: the scale's values of its grid, the scale's ΔT where the command sets
+    none, its trials for tune, and its options last."""
+    command, step = step[0], trimmed(step, scale)
     extra = []
     if scale.update_interval is not None:
         if command == "sweep" and "--update-intervals" not in step:
             extra += ["--update-intervals", str(scale.update_interval)]
         if command == "train" and "--update-interval" not in step:
             extra += ["--update-interval", str(scale.update_interval)]
-        if command == "tune":  # ΔT searched between the scale's and 5 times it
+        if command == "tune":  # ΔT searched from the scale's up to the paper's, which tune compares with
             low = scale.update_interval
-            extra += ["--interval-range", f"{low},{5 * low},{low}"]
+            extra += ["--interval-range", f"{low},{SparsityConfig.update_interval},{low}"]
     if command == "tune":
         extra += ["--trials", str(scale.trials)]
     return step + tuple(extra) + (scale.options if command != "report" else ())
+
+
+def trimmed(step: tuple[str, ...], scale: Scale) -> tuple[str, ...]:
+    """The step with at most scale.values of each grid option's comma-separated values."""
+    limits = scale.values or {}
+    return tuple(",".join(value.split(",")[:limits[option]]) if option in limits else value
+                 for option, value in zip(("",) + step, step))
+
+
+def left_out(step: tuple[str, ...], study: Study, scale: Scale) -> bool:
+    """A restart (an each-seed train) at a density that the scale leaves out of every sweep."""
+    if step[0] != "each-seed" or not scale.values:
+        return False
+    kept = {d for other in study.steps if other[0] == "sweep"
+            for d in option_values(other)["--densities"].split(",")[:scale.values["--densities"]]}
+    return option_values(step)["--density"] not in kept
 
 
 def commands(study: Study, scale: Scale, root: str, extra: tuple[str, ...] = ()) -> list[list[str]]:
@@ -174,6 +193,8 @@ def commands(study: Study, scale: Scale, root: str, extra: tuple[str, ...] = ())
     options go to every sweep, tune and train, after the scale's."""
     found = []
     for step in study.steps:
+        if left_out(step, study, scale):
+            continue
         each_seed = step[0] == "each-seed"
         step = scaled(step[1:] if each_seed else step, scale)
         step += extra if step[0] != "report" else ()
@@ -182,6 +203,41 @@ def commands(study: Study, scale: Scale, root: str, extra: tuple[str, ...] = ())
             found.append([part.format(root=root, seeds=seeds, seed=seed, dt=interval_suffix(scale))
                           for part in step])
     return found
+
+
+def full_runs(study: Study) -> list[tuple[str, float]]:
+    """(dataset, multiplier) of every training run of the study at full length, each once."""
+    found = []
+    for step in commands(study, SCALES["full"], "ROOT"):
+        options = option_values(step)
+        dataset = options.get("--dataset", TrainConfig.dataset)
+        if step[0] == "sweep":
+            grid = parse_grid({axis: options.get(f"--{axis.replace('_', '-')}", default_of(field))
+                               for axis, (field, _) in AXES.items()})
+            found += [(dataset, cell["multiplier"]) for cell in cells(grid)]
+        elif step[0] == "tune":
+            found += [(dataset, 1.0)] * (int(options["--trials"]) * len(options["--seeds"].split(",")))
+        elif step[0] == "train":
+            found.append((dataset, float(options.get("--multiplier", TrainConfig.multiplier))))
+    return found
+
+
+def option_values(command) -> dict[str, str]:
+    """A study command's options and their values (every option of a study takes one)."""
+    start = next((i for i, part in enumerate(command) if part.startswith("--")), len(command))
+    return dict(zip(command[start::2], command[start + 1::2]))
+
+
+def default_of(field: str) -> str:
+    """A sweep axis's value when a study does not set it: its configuration field's default."""
+    if field == "lr":
+        return ""  # the dataset's recipe
+    return str(getattr(SparsityConfig, field, None) or getattr(TrainConfig, field))
+
+
+def gpu_hours(study: Study) -> float:
+    """GPU-hours of the study at full length, at RUN_HOURS per run and 1× schedule."""
+    return sum(RUN_HOURS[dataset] * multiplier for dataset, multiplier in full_runs(study))
 
 
 def interval_suffix(scale: Scale) -> str:

@@ -1,0 +1,81 @@
+"""`python rigl.py reproduce` (rigl_harness/studies.py): every study of the report runs end to end at
+its smallest size, draws its outputs, and is listed with its commands in docs/report-map.md."""
+
+import io
+import re
+
+import pytest
+from rich.console import Console
+
+from helpers import REPO
+from rigl_harness import cli, studies, sweep
+from rigl_harness.studies import SCALES, STUDIES
+
+MAP = (REPO / "docs" / "report-map.md").read_text(encoding="utf-8")
+
+
+def test_a_scale_adds_its_interval_only_where_a_command_sets_none_and_its_options_last():
+    lr = studies.commands(STUDIES["lr"], SCALES["cpu"], "R")
+    assert lr[0][lr[0].index("--update-intervals") + 1] == "100"  # the figure's own ΔT
+    assert lr[0].count("--update-intervals") == 1
+    table3 = studies.commands(STUDIES["table3"], SCALES["cpu"], "R")[0]
+    assert table3[-len(SCALES["cpu"].options):] == list(SCALES["cpu"].options)  # the last --dataset wins
+    assert studies.option_values(table3)["--update-intervals"] == "4" and studies.option_values(table3)["--seeds"] == "0,1"
+    tune = studies.commands(STUDIES["table4"], SCALES["smoke"], "R")[0]
+    assert (studies.option_values(tune)["--trials"], studies.option_values(tune)["--interval-range"]) == ("2", "1,100,1")
+    smoke = studies.commands(STUDIES["lr"], SCALES["smoke"], "R")
+    assert studies.option_values(smoke[0])["--lrs"] == "0.1,0.05" and studies.option_values(smoke[0])["--densities"] == "0.1"
+
+
+@pytest.mark.parametrize("scale", ["full", "cpu", "smoke"])
+def test_restarts_start_from_the_run_directories_the_sweep_writes(scale):
+    found = studies.commands(STUDIES["table5"], SCALES[scale], "R")
+    grid = {axis: studies.option_values(found[0]).get(f"--{axis.replace('_', '-')}", studies.default_of(field))
+            for axis, (field, _) in sweep.AXES.items()}
+    grid = sweep.parse_grid(grid)
+    cells = sweep.cells(grid)
+    written = {f"R/redistribution/{sweep.cell_name(c, sweep.varied_fields(grid, cells))}" for c in cells}
+    restarts = [c for c in found if c[0] == "train"]
+    assert len(restarts) == 2 * len(SCALES[scale].seeds) * (1 if scale == "smoke" else 2)
+    assert all(studies.option_values(c)["--masks-from"] in written for c in restarts)
+    assert all("rigl-sm-" in studies.option_values(c)["--masks-from"] for c in restarts)
+
+
+def test_full_length_runs_and_gpu_hours_are_counted_from_the_commands():
+    # Table 2: 13 cells at 1× and uniform (dense once), 4 SET/RigL (ERK), 4 RigL 2×; 3 seeds each
+    assert len(studies.full_runs(STUDIES["table2"])) == 3 * (13 + 4 + 4)
+    assert studies.gpu_hours(STUDIES["table2"]) == 2.0 * 3 * (13 + 4) + 4.0 * 3 * 4
+    assert len(studies.full_runs(STUDIES["table4"])) == 2 * 15 * 3  # two studies of 15 trials × 3 seeds
+    assert len(studies.full_runs(STUDIES["table5"])) == 3 * 12 + 3 * 4  # the sweep and the restarts
+
+
+def test_the_report_map_lists_every_study_with_its_command_runs_hours_and_commands():
+    rows = {m.group(1): m for m in re.finditer(
+        r"^\| .*? \| `python rigl.py reproduce (\S+) runs` \| (\d+) \| (\d+) \|", MAP, flags=re.M)}
+    assert set(rows) == set(STUDIES)
+    for name, study in STUDIES.items():
+        assert int(rows[name].group(2)) == len(studies.full_runs(study)), name
+        assert int(rows[name].group(3)) == round(studies.gpu_hours(study)), name
+        for command in studies.commands(study, SCALES["full"], "runs"):
+            assert "python rigl.py " + " ".join(command) in MAP, (name, command)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """One ROOT for every study, as a user would have it: Table 5 and the density evolution share runs."""
+    return tmp_path_factory.mktemp("report")
+
+
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_each_study_runs_end_to_end_at_its_smallest_size(name, root, monkeypatch):
+    monkeypatch.setattr(cli.terminal, "make_console", lambda: Console(file=io.StringIO(), width=300))
+    with pytest.raises(SystemExit) as done:
+        cli.app(["reproduce", name, str(root), "--scale", "smoke"], prog_name="rigl.py")
+    assert done.value.code == 0
+    for pattern in STUDIES[name].outputs:
+        assert list(root.glob(pattern)), (name, pattern)
+    expected = {"table1": "RigL (ERK)", "table2": "Small-Dense", "table3": "RigL 3×", "lr": "RigL (ERK)",
+                "table5": "from RigL-SM's masks", "density-evolution": "RigL-SM", "table4": "RigL",
+                "fixed-flops": "at uniform's FLOPs", "rigl-struct": "RigL-struct (ER)"}[name]
+    tables = [p for pattern in STUDIES[name].outputs if pattern.endswith(".md") for p in root.glob(pattern)]
+    assert all(expected in p.read_text(encoding="utf-8") for p in tables), name
