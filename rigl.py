@@ -1039,6 +1039,6 @@ class SparseOptimizer(torch.optim.Optimizer):
         return f"SparseOptimizer({self.optimizer!r})"
 
 
-if __name__ == "__main__":  # python rigl.py train | flops | sweep | report | bench | export
+if __name__ == "__main__":  # python rigl.py train | flops | sweep | tune | reproduce | report | bench | export
     import runpy
     runpy.run_module("rigl_harness", run_name="__main__")  # the command line, rigl_harness/cli.py

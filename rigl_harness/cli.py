@@ -1,4 +1,4 @@
-"""The command line: python rigl.py train | flops | sweep | report | bench | export, declared the way typer documents.
+"""The command line: python rigl.py train | flops | sweep | tune | reproduce | report | bench | export, declared as typer documents.
 
 Each option's default is its configuration field's (SparsityConfig in rigl.py, TrainConfig in
 train.py), and its help is that field's docstring (options.help_of).

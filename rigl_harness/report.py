@@ -433,9 +433,10 @@ def plot_accuracy_vs_lr(groups: list[dict], path) -> Path | None:
     groups = [g for g in groups if g["lr"] is not None]  # a configuration that does not record it
     for group in sorted(groups, key=lambda g: (row_order(tuple(g[k] for k in ROW_KEYS)), g["lr"])):
         label = (f"{method_name(group['method'])}{DISTRIBUTION_SUFFIX.get(group['distribution'], '')} "
-                 f"d={group['density']:g} α={group['drop_fraction']:g} ΔT={group['update_interval']}")
+                 f"d={group['density']:g} α={group['drop_fraction']:g} ΔT={group['update_interval']}"
+                 + (f" {group['origin']}" if group.get("origin") else ""))
         series.setdefault(label, []).append(group)
-    if not any(len(members) > 1 for members in series.values()):
+    if not any(len({g["lr"] for g in members}) > 1 for members in series.values()):
         return None
     figure, ax = new_axes()
     for i, (label, members) in enumerate(series.items()):

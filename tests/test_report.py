@@ -187,6 +187,21 @@ def test_nothing_to_plot_returns_none(tmp_path):
     assert not list(tmp_path.glob("*.png"))
 
 
+def test_the_lr_figure_needs_several_learning_rates_of_one_setting(tmp_path):
+    runs = [fake_run(tmp_path, "plain", "rigl", "erk", 0.1, 0, 92.0),
+            fake_run(tmp_path, "restarted", "rigl", "erk", 0.1, 0, 92.5),
+            fake_run(tmp_path, "longer", "rigl", "erk", 0.1, 0, 93.0, multiplier=2.0)]
+    for run in runs:  # all at the recipe's lr, the restarted one from RigL-SM's masks
+        config = json.loads((run / "config.json").read_text())
+        config["train"]["lr"] = 0.1
+        if run.name == "restarted":
+            config["derived_from"] = {"masks_from": {"path": "/runs/sm", "method": "rigl-sm"}}
+        (run / "config.json").write_text(json.dumps(config))
+    groups = report.aggregate(report.collect_runs(tmp_path))
+    assert [g["n"] for g in groups] == [1, 1, 1]  # three rows at the same learning rate: no lr axis
+    assert report.plot_accuracy_vs_lr(groups, tmp_path / "lr.png") is None
+
+
 def test_no_finished_runs_is_an_error(tmp_path):
     unfinished_run(tmp_path, "running")
     with pytest.raises(ValueError, match=rf"no finished runs \(summary.json\) under {tmp_path}$"):
