@@ -34,7 +34,7 @@ Dataset = Literal["cifar10", "cifar100", "imagenet", "synthetic"]
 Precision = Literal["fp32", "bf16", "fp16"]
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 """The dtype each precision autocasts the forward pass to; fp32 runs without autocast."""
-INTEGER_FIELDS = {"epochs": 1, "batch_size": 1, "val_size": 0, "train_subset": 0, "workers": 0,
+INTEGER_FIELDS = {"epochs": 1, "batch_size": 1, "val_size": 0, "train_subset": 0, "test_subset": 0, "workers": 0,
                   "accumulate": 1, "seed": 0}
 """TrainConfig's integer fields (below) and the smallest value each may take."""
 NUMBER_FIELDS = {
@@ -85,6 +85,8 @@ class TrainConfig:
     """Training images held out for validation (report: 5,000); 0 trains on all 50k (paper Table 1)."""
     train_subset: int = 0
     """Train on the first N training images (0: all); for synthetic, the generated training set size."""
+    test_subset: int = 0
+    """Test on the first N test images (0: all 10,000); a quick check, whose test accuracy is not the report's."""
     seed: int = 0
     """Seeds the initialisation, data order, augmentation and masks."""
     device: str = "auto"
@@ -217,7 +219,7 @@ def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
     """Data, model, optimizer, learning-rate schedule and masks of a resolved configuration."""
     device = distributed.pick_device(cfg.device)
     sparse_cfg = resolve_sparsity(cfg, sparse_cfg)
-    data = load_data(cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.val_size, cfg.seed)
+    data = load_data(cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.val_size, cfg.seed, cfg.test_subset)
     torch.manual_seed(cfg.seed)
     width = small_dense_width(cfg.model, data.num_classes, sparse_cfg) if sparse_cfg.method == "small-dense" else 1.0
     model = build_model(cfg.model, num_classes=data.num_classes, width_scale=width).to(device)

@@ -96,6 +96,7 @@ def train_command(
     lr_gamma: Annotated[Optional[float], t_("lr_gamma")] = T.lr_gamma,
     val_size: Annotated[int, t_("val_size")] = T.val_size,
     train_subset: Annotated[int, t_("train_subset")] = T.train_subset,
+    test_subset: Annotated[int, t_("test_subset")] = T.test_subset,
     seed: Annotated[int, t_("seed")] = T.seed,
     device: DeviceOption = T.device,
     precision: Annotated[Precision, t_("precision")] = T.precision,

@@ -44,7 +44,18 @@ class Data:
         self.mean, self.std = self.mean.to(device), self.std.to(device)
 
 
-def load_data(dataset: str, data_dir: str, train_subset: int, val_size: int, seed: int) -> Data:
+def load_data(dataset: str, data_dir: str, train_subset: int, val_size: int, seed: int,
+              test_subset: int = 0) -> Data:
+    """The splits of `dataset`: val_size training images held out, train_subset of the rest used,
+    the first test_subset test images (0: all)."""
+    data = dataset_splits(dataset, data_dir, train_subset, val_size, seed)
+    if test_subset:
+        data.test = torch.utils.data.Subset(data.test, range(min(test_subset, len(data.test)))) \
+            if isinstance(data.test, torch.utils.data.Dataset) else tuple(t[:test_subset] for t in data.test)
+    return data
+
+
+def dataset_splits(dataset: str, data_dir: str, train_subset: int, val_size: int, seed: int) -> Data:
     """The splits of `dataset`: val_size training images held out, train_subset of the rest used."""
     if dataset == "imagenet":
         return image_folder_data(data_dir, train_subset, val_size)

@@ -110,7 +110,7 @@ MAY_DIFFER = ("device", "data_dir", "workers")
 
 
 ADDED_LATER = {"mask_depthwise": False, "layer_densities": None, "masks_from": None, "densities_from": None,
-               "init_from": None, "match_flops": None}
+               "init_from": None, "match_flops": None, "test_subset": 0}
 """Fields added after runs were written, with the value those runs trained with."""
 RENAMED = {"masks_from": "mask_from", "init_from": "mask_from"}
 """Fields that older runs saved under another name: lottery's --mask-from gave both its masks and

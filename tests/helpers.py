@@ -24,7 +24,7 @@ from train import TrainConfig
 REPO = pathlib.Path(__file__).parent.parent
 
 SMOKE = ["--dataset", "synthetic", "--model", "wrn-10-1", "--train-subset", "512", "--val-size", "256",
-         "--batch-size", "64", "--update-interval", "4"]
+         "--test-subset", "256", "--batch-size", "64", "--update-interval", "4"]
 """A small, fast `train` on synthetic data."""
 
 

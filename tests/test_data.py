@@ -9,6 +9,7 @@ import torch
 import train
 from helpers import cli, rich_console
 from rigl import SparsityConfig
+from rigl_harness.data import load_data
 from train import TrainConfig, resolve_recipe
 
 
@@ -39,6 +40,20 @@ def test_imagenet_folder_trains_resnet50(tmp_path):
                              resume=False, console=rich_console())
     assert summary["steps"] == 2 and summary["final_val_acc"] is not None
     assert summary["inference_flops"] / summary["inference_flops_ratio"] == pytest.approx(8.2e9, rel=0.01)
+
+
+def test_test_subset_keeps_the_first_test_images():
+    full = load_data("synthetic", "data", 64, 0, 0)
+    first = load_data("synthetic", "data", 64, 0, 0, test_subset=100)
+    assert full.test[0].shape[0] == 2000 and first.test[0].shape[0] == 100
+    assert torch.equal(first.test[0], full.test[0][:100]) and torch.equal(first.test[1], full.test[1][:100])
+    assert load_data("synthetic", "data", 64, 0, 0, test_subset=5000).test[0].shape[0] == 2000  # at most all
+
+
+def test_test_subset_of_an_image_folder(tmp_path):
+    root = image_tree(tmp_path, {"train": ["a", "b"], "val": ["a", "b"]})
+    assert len(load_data("imagenet", str(root), 0, 2, 0).test) == 6
+    assert len(load_data("imagenet", str(root), 0, 2, 0, test_subset=4).test) == 4
 
 
 def image_tree(root, classes: dict, corrupt: str | None = None):

@@ -18,7 +18,7 @@ from rigl_harness import distributed
 
 
 DDP_SMOKE = ["train", "--dataset", "synthetic", "--train-subset", "512", "--val-size", "128",
-             "--batch-size", "64", "--update-interval", "2", "--device", "cpu"]
+             "--test-subset", "256", "--batch-size", "64", "--update-interval", "2", "--device", "cpu"]
 
 
 def torchrun(*args, **popen):

@@ -13,7 +13,7 @@ from helpers import REPO, cli, read_jsonl, wait_for_first_epoch
 
 
 SWEEP_SMOKE = ["--dataset", "synthetic", "--model", "wrn-10-1", "--train-subset", "512", "--val-size", "256",
-               "--batch-size", "64", "--update-intervals", "4"]
+               "--test-subset", "256", "--batch-size", "64", "--update-intervals", "4"]
 
 
 def test_sweep_lists_its_cells_and_names_them_readably(tmp_path):

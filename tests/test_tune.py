@@ -14,7 +14,7 @@ from helpers import REPO, cli, read_jsonl, wait_for_first_epoch
 optuna = pytest.importorskip("optuna")
 
 TUNE_SMOKE = ["--dataset", "synthetic", "--model", "wrn-10-1", "--train-subset", "256", "--val-size", "128",
-              "--batch-size", "64", "--workers", "0", "--density", "0.2", "--distribution", "uniform"]
+              "--test-subset", "256", "--batch-size", "64", "--workers", "0", "--density", "0.2", "--distribution", "uniform"]
 """A tiny study: 4 steps an epoch, one epoch a run unless told."""
 STUDY = "rigl-uniform-d0.2"
 
