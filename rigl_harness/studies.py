@@ -26,7 +26,8 @@ class Scale:
     """How big every run of a study is."""
 
     options: tuple[str, ...]
-    """`train` options added to every sweep, tune and train of the study, after its own (so they win)."""
+    """`train` options added to every sweep, tune and train of the study, after its own (so that
+    its --dataset and --model win); an option the study sets itself keeps the study's value."""
     seeds: tuple[int, ...]
     """The seeds of every run."""
     update_interval: int | None
@@ -170,7 +171,20 @@ def scaled(step: tuple[str, ...], scale: Scale) -> tuple[str, ...]:
             extra += ["--interval-range", f"{low},{SparsityConfig.update_interval},{low}"]
     if command == "tune":
         extra += ["--trials", str(scale.trials)]
-    return step + tuple(extra) + (scale.options if command != "report" else ())
+    return step + tuple(extra) + (own_options(scale, step) if command != "report" else ())
+
+
+def own_options(scale: Scale, step: tuple[str, ...]) -> tuple[str, ...]:
+    """The scale's options but those the study sets itself (Table 1's --val-size 0), except the
+    dataset and model, which a scale replaces to be CPU-sized."""
+    given = set(step)
+    pairs = zip(scale.options[::2], scale.options[1::2])
+    return tuple(part for option, value in pairs if option in SCALE_TASK or option not in given
+                 for part in (option, value))
+
+
+SCALE_TASK = ("--dataset", "--model")
+"""The options a scale sets even where a study sets them: the network and data it trains on."""
 
 
 def trimmed(step: tuple[str, ...], scale: Scale) -> tuple[str, ...]:

@@ -20,7 +20,10 @@ def test_a_scale_adds_its_interval_only_where_a_command_sets_none_and_its_option
     assert lr[0].count("--update-intervals") == 1
     table3 = studies.commands(STUDIES["table3"], SCALES["cpu"], "R")[0]
     assert table3[-len(SCALES["cpu"].options):] == list(SCALES["cpu"].options)  # the last --dataset wins
+    assert table3.count("--dataset") == 2 and table3[table3.index("--dataset") + 1] == "cifar100"
     assert studies.option_values(table3)["--update-intervals"] == "4" and studies.option_values(table3)["--seeds"] == "0,1"
+    table1 = studies.commands(STUDIES["table1"], SCALES["cpu"], "R")[0]
+    assert table1.count("--val-size") == 1 and studies.option_values(table1)["--val-size"] == "0"  # the study's own
     tune = studies.commands(STUDIES["table4"], SCALES["smoke"], "R")[0]
     assert (studies.option_values(tune)["--trials"], studies.option_values(tune)["--interval-range"]) == ("2", "1,100,1")
     smoke = studies.commands(STUDIES["lr"], SCALES["smoke"], "R")
