@@ -43,14 +43,14 @@ SCALES = {
     "full": Scale((), (0, 1, 2), None, 15),
     "cpu": Scale(("--dataset", "synthetic", "--model", "wrn-10-1", "--train-subset", "512", "--val-size", "256",
                   "--batch-size", "64", "--epochs", "3", "--workers", "0"), (0, 1), 4, 3),
-    "smoke": Scale(("--dataset", "synthetic", "--model", "wrn-10-1", "--train-subset", "256", "--val-size", "64",
-                    "--test-subset", "128", "--batch-size", "64", "--epochs", "1", "--workers", "0"), (0,), 1, 2,
+    "smoke": Scale(("--dataset", "synthetic", "--model", "wrn-10-1", "--train-subset", "64", "--val-size", "32",
+                    "--test-subset", "64", "--batch-size", "16", "--epochs", "1", "--workers", "0"), (0,), 1, 2,
                    {"--densities": 1, "--lrs": 2}),
 }
 """full: the report's recipes and seeds. cpu: WRN-10-1 on 512 synthetic images for 3 epochs (24
-steps, ΔT = 4), two seeds, minutes per study on a laptop. smoke: one seed, 4 steps, 128 test images,
-the first density and two learning rates of each grid: every command of every study, with all its
-options, at the least cost (what the tests run)."""
+steps, ΔT = 4), two seeds, minutes per study on a laptop. smoke: one seed, 4 steps of 16 images, 64
+test images, the first density and two learning rates of each grid: every command of every study,
+with all its options, at the least cost (what the tests run)."""
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ def test_mixed_precision_runs_train_on_cpu(tmp_path, precision):
 
 def test_synthetic_data_is_learnable(tmp_path):
     cfg = resolve_recipe(TrainConfig(dataset="synthetic", train_subset=2000, val_size=500, epochs=3,
-                                               seed=1))
+                                               seed=1, test_subset=500))
     summary = train.start_run(cfg, SparsityConfig(density=0.1, update_interval=10), tmp_path / "run",
                              resume=False, console=rich_console())
     assert summary["final_test_acc"] > 40  # chance is 10%, after 48 steps
