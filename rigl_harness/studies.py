@@ -159,7 +159,7 @@ STUDIES = {
 def scaled(step: tuple[str, ...], scale: Scale) -> tuple[str, ...]:
     """One command at a scale: the scale's values of its grid, the scale's ΔT where the command sets
     none, its trials for tune, and its options last."""
-    command, step = step[0], trimmed(step, scale)
+    command, step = step[0], shortened_intervals(trimmed(step, scale), scale)
     extra = []
     if scale.update_interval is not None:
         if command == "sweep" and "--update-intervals" not in step:
@@ -185,6 +185,16 @@ def own_options(scale: Scale, step: tuple[str, ...]) -> tuple[str, ...]:
 
 SCALE_TASK = ("--dataset", "--model")
 """The options a scale sets even where a study sets them: the network and data it trains on."""
+
+
+def shortened_intervals(step: tuple[str, ...], scale: Scale) -> tuple[str, ...]:
+    """A study's own ΔT values in proportion to the scale's runs: ΔT · scale ΔT / 100 (at least 1),
+    so that the learning-rate figure's four (α, ΔT) pairs still differ in a 24-step run."""
+    if scale.update_interval is None:
+        return step
+    ratio = scale.update_interval / SparsityConfig.update_interval
+    return tuple(",".join(str(max(1, round(int(v) * ratio))) for v in value.split(","))
+                 if option == "--update-intervals" else value for option, value in zip(("",) + step, step))
 
 
 def trimmed(step: tuple[str, ...], scale: Scale) -> tuple[str, ...]:

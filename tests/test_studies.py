@@ -16,8 +16,11 @@ MAP = (REPO / "docs" / "report-map.md").read_text(encoding="utf-8")
 
 def test_a_scale_adds_its_interval_only_where_a_command_sets_none_and_its_options_last():
     lr = studies.commands(STUDIES["lr"], SCALES["cpu"], "R")
-    assert lr[0][lr[0].index("--update-intervals") + 1] == "100"  # the figure's own ΔT
+    # the figure's own ΔT = 100, 200, 500, 750, in proportion to the CPU runs' ΔT = 4 (of the paper's 100)
+    assert [studies.option_values(c)["--update-intervals"] for c in lr[:4]] == ["4", "8", "20", "30"]
     assert lr[0].count("--update-intervals") == 1
+    full = studies.commands(STUDIES["lr"], SCALES["full"], "R")
+    assert [studies.option_values(c)["--update-intervals"] for c in full[:4]] == ["100", "200", "500", "750"]
     table3 = studies.commands(STUDIES["table3"], SCALES["cpu"], "R")[0]
     assert table3[-len(SCALES["cpu"].options):] == list(SCALES["cpu"].options)  # the last --dataset wins
     assert table3.count("--dataset") == 2 and table3[table3.index("--dataset") + 1] == "cifar100"
