@@ -281,9 +281,12 @@ def test_a_diverging_run_stops_at_its_step_and_writes_strict_json(tmp_path):
 
 def test_ctrl_c_before_the_first_epoch_does_not_claim_a_saved_epoch(tmp_path):
     out = tmp_path / "run"
+    # Ctrl-C as a terminal delivers it: a test run started in the background of a script inherits
+    # SIGINT ignored (POSIX), and a program that inherits it ignored rightly keeps it so
     process = subprocess.Popen([sys.executable, "rigl.py", "train", *SMOKE, "--train-subset", "4096",
                                 "--epochs", "1", "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+                               stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (out / "init.pt").exists():  # the run has started, no epoch has finished
         assert process.poll() is None and time.time() < deadline
