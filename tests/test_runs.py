@@ -11,7 +11,10 @@ import time
 import pytest
 import torch
 
+import train
 from helpers import REPO, SMOKE, cli, one_line_error, read_jsonl, rich_console
+from rigl import SparsityConfig
+from train import TrainConfig, resolve_recipe
 from rigl_harness import runs, terminal
 
 
@@ -182,24 +185,33 @@ def test_masks_from_a_damaged_run_is_named_in_one_line(tmp_path, pruning_run, da
 
 
 def test_lottery_trains_only_the_final_masks_at_the_density_asked_for(tmp_path, pruning_run, finished_run):
-    """Refused: the masks of a d = 0.1 run at --density 0.5, a run without masks, an unfinished
-    run (its intermediate masks), and a checkpoint whose masks are not those of its summary."""
-    def lottery(source, density="0.1"):
-        return cli("train", *LOTTERY, "--density", density, "--masks-from", str(source), "--init-from", str(source),
-                   "--out", str(tmp_path / f"ticket-{len(list(tmp_path.iterdir()))}"))
-    one_line_error(lottery(pruning_run, "0.5"), "trained at density 0.1, not the --density 0.5")
+    """Refused: the masks of a d = 0.1 run at --density 0.5 (in one line, from the command line), a
+    run without masks, an unfinished run (its intermediate masks), and a checkpoint whose masks are
+    not those of its summary."""
+    def lottery(source, density=0.1):
+        cfg = resolve_recipe(TrainConfig(dataset="synthetic", model="wrn-10-1", train_subset=512, val_size=256,
+                                         test_subset=256, batch_size=64, epochs=1, masks_from=str(source),
+                                         init_from=str(source)))
+        return train.build_run(cfg, SparsityConfig(method="lottery", density=density, update_interval=4))
+    one_line_error(cli("train", *LOTTERY, "--density", "0.5", "--masks-from", str(pruning_run), "--init-from",
+                       str(pruning_run), "--out", str(tmp_path / "ticket")),
+                   "trained at density 0.1, not the --density 0.5")
     dense = tmp_path / "dense"
-    assert cli("train", *SMOKE, "--method", "dense", "--epochs", "1", "--out", str(dense)).returncode == 0
-    one_line_error(lottery(dense, "0.1"), "has no masks (method dense trains dense)")
+    cfg = resolve_recipe(TrainConfig(dataset="synthetic", model="wrn-10-1", train_subset=128, val_size=0,
+                                     test_subset=64, batch_size=64, epochs=1))
+    train.start_run(cfg, SparsityConfig(method="dense"), dense, resume=False, console=rich_console())
+    with pytest.raises(runs.UsageError, match=r"has no masks \(method dense trains dense\)"):
+        lottery(dense)
     unfinished = tmp_path / "unfinished"
     shutil.copytree(pruning_run, unfinished)
     (unfinished / "summary.json").unlink()
-    one_line_error(lottery(unfinished), "has not finished (no summary.json)")
+    with pytest.raises(runs.UsageError, match=r"has not finished \(no summary.json\)"):
+        lottery(unfinished)
     summary = json.loads((pruning_run / "summary.json").read_text())
     (unfinished / "summary.json").write_text(json.dumps({**summary, "density": 0.254}))
-    one_line_error(lottery(unfinished), "masks have density 0.1000, not the 0.2540 of its summary.json")
-    result = lottery(pruning_run)
-    assert result.returncode == 0, result.stdout + result.stderr
+    with pytest.raises(runs.UsageError, match="masks have density 0.1000, not the 0.2540 of its summary.json"):
+        lottery(unfinished)
+    assert lottery(pruning_run).sparsity.total_row()["density"] == summary["density"]
 
 
 def test_a_run_written_before_a_field_existed_resumes_with_that_fields_old_value():
