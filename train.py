@@ -278,7 +278,9 @@ def check_sources(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> None:
 
 def resolve_sparsity(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> SparsityConfig:
     """The SparsityConfig a run trains with: --densities-from's per-layer densities as layer_densities,
-    --match-flops's solved density. Idempotent: a resolved configuration comes back unchanged."""
+    --match-flops's solved density. Resolve an asked-for configuration once: --match-flops would
+    solve again from the solved density (start_run resolves for config.json, build_run for training,
+    each from the configuration asked for)."""
     check_sources(cfg, sparse_cfg)
     if cfg.densities_from:
         layer_densities = runs.read_final_densities(Path(cfg.densities_from), cfg.model, cfg.dataset, sparse_cfg)
