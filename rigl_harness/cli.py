@@ -286,7 +286,7 @@ def reproduce_command(
     ROOT, one after another; finished runs are skipped, so the same command continues a stopped
     study. Other `train` options (--data-dir, --device, ...) go to every run."""
     console = terminal.make_console()
-    with terminal.user_errors(console, lambda: f"interrupted: rerun the same reproduce command to continue"):
+    with terminal.user_errors(console, lambda: "interrupted: rerun the same reproduce command to continue"):
         chosen = studies.STUDIES[study]
         found = studies.commands(chosen, studies.SCALES[scale], root, tuple(ctx.args))
         console.print(f"{study}: {chosen.item}; at full length {len(studies.full_runs(chosen))} runs, about "
