@@ -292,9 +292,26 @@ def reproduce_command(
         console.print(f"{study}: {chosen.item}; at full length {len(studies.full_runs(chosen))} runs, about "
                       f"{studies.gpu_hours(chosen):g} GPU-hours (docs/report-map.md)", highlight=False, soft_wrap=True)
         for i, args in enumerate(found, 1):
-            console.print(f"[{i}/{len(found)}] python rigl.py {shlex.join(args)}", highlight=False, soft_wrap=True)
-            if not dry_run:
+            args = args if dry_run else study_step(args)
+            done = ": done" if args is None else ""
+            console.print(f"[{i}/{len(found)}] python rigl.py {shlex.join(found[i - 1])}{done}", highlight=False,
+                          soft_wrap=True)
+            if args is not None and not dry_run:
                 run_command(args)
+
+
+def study_step(args: list[str]) -> list[str] | None:
+    """A study's command as it runs now. Sweeps skip their finished cells themselves; a `train`
+    whose --out holds the finished run of the same settings is skipped (None), one with a checkpoint
+    continues (--resume), and one of other settings is refused, naming them."""
+    if args[0] != "train":
+        return args
+    options = typer.main.get_command(app).get_command(None, "train").make_context("train", args[1:]).params
+    cfg, sparse_cfg = configs_from_options(options)
+    out = Path(options["out"])
+    sweep.check_cell(out, cfg, sparse_cfg)
+    state = sweep.cell_state(out)
+    return None if state == "done" else args + ["--resume"] * (state == "resume")
 
 
 def run_command(args: list[str]) -> None:

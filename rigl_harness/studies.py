@@ -78,13 +78,21 @@ def report(folder: str) -> tuple[str, ...]:
     return ("report", f"{{root}}/{folder}")
 
 
-def restart(distribution: str, density: str) -> tuple[str, ...]:
-    """Table 5's restart: RigL from the final masks of RigL-SM at the same distribution, density and
-    seed, the sweep's run directory ({dt}: the sweep names ΔT when it is not the paper's)."""
+RESTARTS = {"masks": ("--masks-from", "rigl-from-sm"), "densities": ("--densities-from", "rigl-at-sm-densities")}
+"""Table 5's two readings of "restarted with RigL-SM's final distribution", both of which the report's
+run scripts ran (RigL-reinit and RigL-reinit-dist): its exact final masks (ours), or fresh random
+masks at its final per-layer densities. Each: the train option and the run directory's prefix."""
+
+
+def restart(distribution: str, density: str, reading: str) -> tuple[str, ...]:
+    """Table 5's restart: RigL from RigL-SM's final masks or per-layer densities (`reading`), at the
+    same distribution, density and seed; RigL-SM's is the sweep's run directory ({dt}: the sweep
+    names ΔT when it is not the paper's)."""
+    option, prefix = RESTARTS[reading]
     source = f"{{root}}/redistribution/rigl-sm-{distribution}-d{density}-x1.0{{dt}}-s{{seed}}"
     return ("each-seed", "train", "--method", "rigl", "--distribution", distribution, "--density", density,
-            "--masks-from", source, "--seed", "{seed}",
-            "--out", f"{{root}}/redistribution/restart/rigl-from-sm-{distribution}-d{density}-s{{seed}}")
+            option, source, "--seed", "{seed}",
+            "--out", f"{{root}}/redistribution/restart/{prefix}-{distribution}-d{density}-s{{seed}}")
 
 
 REDISTRIBUTION = sweep("redistribution", "--methods", "rigl,rigl-sg,rigl-sm", "--distributions", "uniform,erk",
@@ -130,8 +138,9 @@ STUDIES = {
               for alpha, interval in LR_PAIRS) + (report("lr"),),
         ("lr/figures/accuracy_vs_lr.png",)),
     "table5": Study(
-        "Table 5: redistribution (RigL-SG, RigL-SM) and RigL restarted from RigL-SM's final masks",
-        (REDISTRIBUTION,) + tuple(restart(dist, d) for dist in ("uniform", "erk") for d in ("0.1", "0.2"))
+        "Table 5: redistribution (RigL-SG, RigL-SM) and RigL restarted from RigL-SM's final masks or densities",
+        (REDISTRIBUTION,) + tuple(restart(dist, d, reading) for reading in RESTARTS
+                                  for dist in ("uniform", "erk") for d in ("0.1", "0.2"))
         + (report("redistribution"),),
         ("redistribution/report.md",)),
     "density-evolution": Study(

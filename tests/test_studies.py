@@ -3,12 +3,14 @@ its smallest size, draws its outputs, and is listed with its commands in docs/re
 
 import io
 import re
+import shutil
 
 import pytest
 from rich.console import Console
 
 from helpers import REPO
 from rigl_harness import cli, studies, sweep
+from rigl_harness.runs import UsageError
 from rigl_harness.studies import SCALES, STUDIES
 
 MAP = (REPO / "docs" / "report-map.md").read_text(encoding="utf-8")
@@ -41,10 +43,12 @@ def test_restarts_start_from_the_run_directories_the_sweep_writes(scale):
     grid = sweep.parse_grid(grid)
     cells = sweep.cells(grid)
     written = {f"R/redistribution/{sweep.cell_name(c, sweep.varied_fields(grid, cells))}" for c in cells}
-    restarts = [c for c in found if c[0] == "train"]
-    assert len(restarts) == 2 * len(SCALES[scale].seeds) * (1 if scale == "smoke" else 2)
-    assert all(studies.option_values(c)["--masks-from"] in written for c in restarts)
-    assert all("rigl-sm-" in studies.option_values(c)["--masks-from"] for c in restarts)
+    restarts = [studies.option_values(c) for c in found if c[0] == "train"]
+    per_reading = 2 * len(SCALES[scale].seeds) * (1 if scale == "smoke" else 2)
+    for option in ("--masks-from", "--densities-from"):  # both readings of Table 5's restart
+        sources = [r[option] for r in restarts if option in r]
+        assert len(sources) == per_reading and all(s in written and "rigl-sm-" in s for s in sources)
+    assert len({r["--out"] for r in restarts}) == len(restarts) == 2 * per_reading
 
 
 def test_full_length_runs_and_gpu_hours_are_counted_from_the_commands():
@@ -52,7 +56,7 @@ def test_full_length_runs_and_gpu_hours_are_counted_from_the_commands():
     assert len(studies.full_runs(STUDIES["table2"])) == 3 * (13 + 4 + 4)
     assert studies.gpu_hours(STUDIES["table2"]) == 2.0 * 3 * (13 + 4) + 4.0 * 3 * 4
     assert len(studies.full_runs(STUDIES["table4"])) == 2 * 15 * 3  # two studies of 15 trials × 3 seeds
-    assert len(studies.full_runs(STUDIES["table5"])) == 3 * 12 + 3 * 4  # the sweep and the restarts
+    assert len(studies.full_runs(STUDIES["table5"])) == 3 * 12 + 2 * 3 * 4  # the sweep, both restarts
 
 
 def test_the_report_map_lists_every_study_with_its_command_runs_hours_and_commands():
@@ -81,7 +85,38 @@ def test_each_study_runs_end_to_end_at_its_smallest_size(name, root, monkeypatch
     for pattern in STUDIES[name].outputs:
         assert list(root.glob(pattern)), (name, pattern)
     expected = {"table1": "RigL (ERK)", "table2": "Small-Dense", "table3": "RigL 3×", "lr": "RigL (ERK)",
-                "table5": "from RigL-SM's masks", "density-evolution": "RigL-SM", "table4": "RigL",
+                "table5": ("from RigL-SM's masks", "at RigL-SM's densities"), "density-evolution": "RigL-SM", "table4": "RigL",
                 "fixed-flops": "at uniform's FLOPs", "rigl-struct": "RigL-struct (ER)"}[name]
     tables = [p for pattern in STUDIES[name].outputs if pattern.endswith(".md") for p in root.glob(pattern)]
-    assert all(expected in p.read_text(encoding="utf-8") for p in tables), name
+    expected = (expected,) if isinstance(expected, str) else expected
+    assert all(e in p.read_text(encoding="utf-8") for p in tables for e in expected), name
+
+
+
+def test_a_rerun_study_skips_its_finished_restarts_and_refuses_one_of_other_settings(root, monkeypatch, tmp_path):
+    """The same reproduce command continues a study: finished `train` runs are skipped, neither
+    refused (their --out already holds a run) nor retrained; a run of other settings is refused.
+    (ROOT is the end-to-end test's, so after it this trains nothing.)"""
+    def reproduce() -> str:
+        printed = io.StringIO()
+        monkeypatch.setattr(cli.terminal, "make_console", lambda: Console(file=printed, width=400))
+        with pytest.raises(SystemExit) as done:
+            cli.app(["reproduce", "table5", str(root), "--scale", "smoke"], prog_name="rigl.py")
+        assert done.value.code == 0
+        return printed.getvalue()
+    reproduce()
+    summaries = sorted(root.glob("redistribution/restart/*/summary.json"))
+    written = {p: p.stat().st_mtime_ns for p in summaries}
+    restarts = [line for line in reproduce().splitlines() if "python rigl.py train" in line]
+    assert len(restarts) == len(summaries) == 4 and all(line.endswith(": done") for line in restarts)
+    assert {p: p.stat().st_mtime_ns for p in summaries} == written
+    command = next(c for c in studies.commands(STUDIES["table5"], SCALES["smoke"], str(root)) if c[0] == "train")
+    other = tmp_path / "other"
+    shutil.copytree(command[command.index("--out") + 1], other)
+    (other / "config.json").write_text((other / "config.json").read_text().replace('"drop_fraction": 0.3', '"drop_fraction": 0.5'))
+    command[command.index("--out") + 1] = str(other)
+    with pytest.raises(UsageError, match="holds a run with other settings: drop_fraction"):
+        cli.study_step(command)
+    (other / "summary.json").unlink()  # stopped after its last checkpoint: continued, not restarted
+    (other / "config.json").write_text((other / "config.json").read_text().replace('"drop_fraction": 0.5', '"drop_fraction": 0.3'))
+    assert cli.study_step(command) == command + ["--resume"]
