@@ -291,13 +291,12 @@ def reproduce_command(
         found = studies.commands(chosen, studies.SCALES[scale], root, tuple(ctx.args))
         console.print(f"{study}: {chosen.item}; at full length {len(studies.full_runs(chosen))} runs, about "
                       f"{studies.gpu_hours(chosen):g} GPU-hours (docs/report-map.md)", highlight=False, soft_wrap=True)
-        for i, args in enumerate(found, 1):
-            args = args if dry_run else study_step(args)
-            done = ": done" if args is None else ""
-            console.print(f"[{i}/{len(found)}] python rigl.py {shlex.join(found[i - 1])}{done}", highlight=False,
-                          soft_wrap=True)
-            if args is not None and not dry_run:
-                run_command(args)
+        for i, command in enumerate(found, 1):
+            step = command if dry_run else study_step(command)
+            console.print(f"[{i}/{len(found)}] python rigl.py {shlex.join(command)}{'' if step else ': done'}",
+                          highlight=False, soft_wrap=True)
+            if step and not dry_run:
+                run_command(step)
 
 
 def study_step(args: list[str]) -> list[str] | None:

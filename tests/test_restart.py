@@ -1,6 +1,7 @@
 """Runs that start from another run (--masks-from, --densities-from, --init-from) and runs at
 another distribution's FLOPs (--match-flops): train.py, runs.py, flops.py and report.py."""
 
+import functools
 import json
 import shutil
 from dataclasses import replace
@@ -153,9 +154,9 @@ def test_cli_refuses_two_mask_sources_and_lottery_without_init_from(source, tmp_
 # --- --match-flops: flops.matching_density ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def counted_models():
-    return {}
+@functools.cache
+def counted_model(model: str, dataset: str) -> tuple[dict, dict]:
+    return flops.counted_model(model, dataset)
 
 
 # (model, dataset, d, the report's code's value, the value the report ran): the report's code's is
@@ -167,12 +168,11 @@ REPORT_MATCHED = [("wrn-22-2", "cifar10", 0.1, 0.0584, 0.0587), ("wrn-22-2", "ci
 
 
 @pytest.mark.parametrize("model, dataset, density, reports_code, report_ran", REPORT_MATCHED)
-def test_erk_at_uniforms_flops_spends_uniforms_flops(counted_models, model, dataset, density, reports_code,
-                                                     report_ran):
+def test_erk_at_uniforms_flops_spends_uniforms_flops(model, dataset, density, reports_code, report_ran):
     """ERK's density whose inference FLOPs equal uniform's (its conv1 dense) at d, counted as
     everywhere (conv and linear multiply-adds), is the one the report's code computes, within the
     spread of its coin-flip masks; the values the report ran differ by up to 0.0024."""
-    counted = counted_models.setdefault(model, flops.counted_model(model, dataset))
+    counted = counted_model(model, dataset)
     matched = flops.matching_density(model, dataset, SparsityConfig(density=density), counted=counted)
     erk = flops.inference_macs(counted, SparsityConfig(density=matched))
     uniform = flops.inference_macs(counted, SparsityConfig(density=density, distribution="uniform"))
