@@ -57,6 +57,10 @@ def test_full_length_runs_and_gpu_hours_are_counted_from_the_commands():
     assert studies.gpu_hours(STUDIES["table2"]) == 2.0 * 3 * (13 + 4) + 4.0 * 3 * 4
     assert len(studies.full_runs(STUDIES["table4"])) == 2 * 15 * 3  # two studies of 15 trials × 3 seeds
     assert len(studies.full_runs(STUDIES["table5"])) == 3 * 12 + 2 * 3 * 4  # the sweep, both restarts
+    # the report's fixed-FLOPs figure has a WRN-22-2 and a ResNet-50 panel: uniform, ERK and
+    # FLOP-matched ERK at three densities on CIFAR-10; uniform and FLOP-matched ERK on CIFAR-100
+    fixed_flops = [dataset for dataset, _ in studies.full_runs(STUDIES["fixed-flops"])]
+    assert (fixed_flops.count("cifar10"), fixed_flops.count("cifar100")) == (3 * 9, 3 * 6)
 
 
 def test_the_report_map_lists_every_study_with_its_command_runs_hours_and_commands():
