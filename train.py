@@ -285,7 +285,7 @@ def resolve_sparsity(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> SparsityCo
     if cfg.densities_from:
         layer_densities = runs.read_final_densities(Path(cfg.densities_from), cfg.model, cfg.dataset, sparse_cfg)
         if sparse_cfg.layer_densities not in (None, layer_densities):
-            raise ValueError("--densities-from sets layer_densities: give one of them")
+            raise ValueError("--densities-from sets the per-layer densities: give it or --layer-densities, not both")
         return replace(sparse_cfg, layer_densities=layer_densities)
     if cfg.match_flops:
         return replace(sparse_cfg, density=flops.matching_density(cfg.model, cfg.dataset, sparse_cfg, cfg.match_flops))

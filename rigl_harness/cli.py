@@ -81,6 +81,7 @@ def train_command(
     t_end: Annotated[float, s_("t_end")] = S.t_end,
     t_start: Annotated[float, s_("t_start")] = S.t_start,
     dense_layers: DenseLayersOption = S.dense_layers,
+    layer_densities: Annotated[Optional[str], s_("layer_densities", metavar="NAME=D,...")] = None,
     model: ModelOption = T.model,
     dataset: DatasetOption = T.dataset,
     data_dir: Annotated[str, t_("data_dir")] = T.data_dir,

@@ -16,10 +16,28 @@ def comma_separated(text: str | None, kind: type) -> tuple | None:
     return None if text is None else tuple(kind(p.strip()) for p in text.split(",") if p.strip())
 
 
+def name_values(text: str | None, option: str) -> dict[str, float] | None:
+    """"conv1.weight=1,fc.weight=0.5" -> {"conv1.weight": 1.0, "fc.weight": 0.5}; None and "" are None."""
+    if text is None:
+        return None
+    found = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.rpartition("=")
+        try:
+            if not name.strip():
+                raise ValueError(part)
+            found[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"{option} takes NAME=DENSITY pairs separated by commas (e.g. "
+                             f"conv1.weight=1,fc.weight=0.5), got {part!r}") from None
+    return found or None
+
+
 def configs_from_options(options: dict) -> tuple[TrainConfig, SparsityConfig]:
     """The train options as (TrainConfig, SparsityConfig), the dataset's recipe resolved."""
     values = {**options, "lr_milestones": comma_separated(options["lr_milestones"], float),
-              "dense_layers": comma_separated(options["dense_layers"], str)}
+              "dense_layers": comma_separated(options["dense_layers"], str),
+              "layer_densities": name_values(options.get("layer_densities"), "--layer-densities")}
     try:
         cfg = resolve_recipe(TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)}))
         sparse = {f.name: values[f.name] for f in dataclasses.fields(SparsityConfig) if f.name in values}

@@ -64,8 +64,9 @@ SOURCES = ("masks_from", "densities_from", "init_from")
 
 def origin_of(config: dict, method: str) -> str:
     """How a row says where a run's masks, weights or density came from (config.json's
-    "derived_from"): "from RigL-SM's masks", "at uniform's FLOPs"; "" for a plain run and for
-    lottery, whose masks and weights are the method itself."""
+    "derived_from", and "layer_densities" set by hand): "from RigL-SM's masks", "at uniform's
+    FLOPs", "at set layer densities"; "" for a plain run and for lottery, whose masks and weights
+    are the method itself."""
     derived = config.get("derived_from") or {}
     if not isinstance(derived, dict) or method == "lottery":
         return ""
@@ -74,7 +75,8 @@ def origin_of(config: dict, method: str) -> str:
     words = [f"from {source['masks_from']}'s masks" if "masks_from" in source else "",
              f"at {source['densities_from']}'s densities" if "densities_from" in source else "",
              f"from {source['init_from']}'s initial weights" if "init_from" in source else "",
-             f"at {derived['match_flops'].get('target')}'s FLOPs" if derived.get("match_flops") else ""]
+             f"at {derived['match_flops'].get('target')}'s FLOPs" if derived.get("match_flops") else "",
+             "at set layer densities" if config.get("layer_densities") and "densities_from" not in source else ""]
     return " ".join(w for w in words if w)
 
 
@@ -104,12 +106,14 @@ def run_settings(path, train: dict, sparse: dict, derived: dict | None = None) -
               # Dense is trained at d = 1 whatever --density said; Small-Dense keeps the d it matches;
               # a run at another distribution's FLOPs sits in the column of the --density it matched.
               "density": 1.0 if method == "dense" else matched_density(derived) or sparse["density"],
-              "origin": origin_of({"derived_from": derived}, method),
+              "origin": origin_of({"derived_from": derived, "layer_densities": sparse.get("layer_densities")}, method),
               "multiplier": train["multiplier"], "seed": train["seed"],
               "drop_fraction": alpha, "update_interval": interval, "lr": train.get("lr"), "variant": variant}
+    # --densities-from's layer densities come from each seed's own source run; set by hand, they must agree
+    per_seed = ("layer_densities",) if (derived or {}).get("densities_from") else ()
     settings = {f"{name}.{key}": value for name, section in (("train", train), ("sparsity", sparse))
                 for key, value in section.items()
-                if key not in may_differ(train) + ("seed", "mask_from", "layer_densities") + SOURCES}
+                if key not in may_differ(train) + ("seed", "mask_from") + SOURCES + per_seed}
     settings.update({f"sparsity.{key}": record[key] for key in ("distribution", "density", "drop_fraction",
                                                                "update_interval")})
     return {**record, "settings": settings}

@@ -223,3 +223,44 @@ def test_restarted_and_flop_matched_runs_get_rows_of_their_own(tmp_path):
     figure = report.plot_distributions_at_equal_flops(groups, tmp_path / "figure.png")
     assert figure is not None and figure.stat().st_size > 0
     assert report.plot_distributions_at_equal_flops([g for g in groups if not g["origin"]], tmp_path / "x.png") is None
+
+
+# --- --layer-densities: TF's custom_sparsity_map from the command line ------------------------------
+
+
+def test_cli_layer_densities_set_those_layers_exactly_and_are_recorded(tmp_path):
+    out = tmp_path / "run"
+    result = cli("train", *SMOKE, "--epochs", "1", "--layer-densities", "conv1.weight=1, fc.weight=0.5",
+                 "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads((out / "config.json").read_text())["sparsity"]["layer_densities"] == \
+        {"conv1.weight": 1.0, "fc.weight": 0.5}
+    layers = {layer["name"]: layer for layer in json.loads((out / "summary.json").read_text())["layers"]}
+    assert (layers["conv1.weight"]["active"], layers["fc.weight"]["active"]) == (16 * 3 * 9, 640 // 2)
+    one_line_error(cli("train", *SMOKE, "--layer-densities", "conv1.weight", "--out", str(tmp_path / "bad")),
+                   "--layer-densities takes NAME=DENSITY pairs", "got 'conv1.weight'")
+
+
+def test_layer_densities_and_densities_from_are_refused_together(source):
+    with pytest.raises(ValueError, match="give it or --layer-densities, not both"):
+        train.resolve_sparsity(config(densities_from=str(source)),
+                               SparsityConfig(density=0.3, layer_densities={"conv1.weight": 1.0}))
+
+
+def set_layer_densities(run_dir, densities: dict) -> None:
+    path = run_dir / "config.json"
+    saved = json.loads(path.read_text())
+    saved["sparsity"]["layer_densities"] = densities
+    path.write_text(json.dumps(saved))
+
+
+def test_runs_at_set_layer_densities_get_a_row_of_their_own_and_must_agree(tmp_path):
+    for seed in (0, 1):
+        fake_run(tmp_path, f"plain-{seed}", "rigl", "erk", 0.1, seed, 92.0)
+        set_layer_densities(fake_run(tmp_path, f"set-{seed}", "rigl", "erk", 0.1, seed, 92.5), {"conv1.weight": 1.0})
+    groups = report.aggregate(report.collect_runs(tmp_path))
+    assert sorted(report.group_label(g) for g in groups) == ["RigL (ERK)", "RigL (ERK) at set layer densities"]
+    assert all(g["n"] == 2 for g in groups)
+    set_layer_densities(tmp_path / "set-1", {"conv1.weight": 0.5})
+    with pytest.raises(ValueError, match="would share a row but differ in sparsity.layer_densities"):
+        report.aggregate(report.collect_runs(tmp_path))
