@@ -127,9 +127,10 @@ def bench_rows(names: list[str], methods: list[str], density: float, update_inte
             raise ValueError(f"bench cannot time --methods {method}: {UNTIMED.get(method, 'it is the baseline')}; "
                              f"it times {', '.join(TIMED)}")
     unknown = [n for n in names if n not in MODELS]
-    if unknown or not names or not methods:
-        raise ValueError(f"--models takes some of {', '.join(MODELS)} and --methods at least one "
-                         f"method, got {', '.join(unknown) or 'none'}")
+    if unknown or not names:
+        raise ValueError(f"--models takes one or more of {', '.join(MODELS)}, got {', '.join(unknown) or 'none'}")
+    if not methods:
+        raise ValueError(f"--methods takes one or more of {', '.join(TIMED)}, got none")
     if batch_size < 0 or repeats < 1:
         raise ValueError(f"--batch-size must be >= 0 (0: the model's default) and --repeats >= 1, "
                          f"got {batch_size} and {repeats}")

@@ -14,9 +14,11 @@ from dataclasses import asdict
 import pytest
 import torch
 from rich.console import Console
+from typer.testing import CliRunner
 
 import models
 import rigl
+from rigl_harness import cli as command_line
 from rigl_harness.deploy import export
 from test_rigl import sgd, shapes_of, small_net, train_steps  # noqa: F401  (the algorithm tests' helpers)
 from train import TrainConfig
@@ -32,6 +34,16 @@ def cli(*args, timeout=300, prefix=()):
     """`python rigl.py ARGS` in the repository (after `prefix`, e.g. as_unprivileged's)."""
     return subprocess.run([*prefix, sys.executable, "rigl.py", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def run(*args) -> subprocess.CompletedProcess:
+    """`python rigl.py ARGS` in this process, as `cli` returns it but without starting Python and
+    torch again: for a command that stops early (a refused option). An exception that the command
+    did not turn into an exit code fails the test, as a traceback would."""
+    result = CliRunner().invoke(command_line.app, [str(a) for a in args], prog_name="rigl.py")
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(["rigl.py", *args], result.exit_code, result.stdout, result.stderr)
 
 
 def one_line_error(result, *words) -> str:

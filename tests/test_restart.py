@@ -11,7 +11,7 @@ import torch
 
 import flops
 import train
-from helpers import SMOKE, cli, one_line_error, rich_console
+from helpers import SMOKE, cli, one_line_error, rich_console, run
 from rigl import SparsityConfig
 from rigl_harness import report, runs
 from test_report import fake_run
@@ -143,10 +143,10 @@ def test_a_restarted_run_resumes_bit_identically(source, tmp_path, monkeypatch):
 
 
 def test_cli_refuses_two_mask_sources_and_lottery_without_init_from(source, tmp_path):
-    both = cli("train", *SMOKE, "--epochs", "1", "--masks-from", str(source), "--densities-from", str(source),
+    both = run("train", *SMOKE, "--epochs", "1", "--masks-from", str(source), "--densities-from", str(source),
                "--out", str(tmp_path / "both"))
     one_line_error(both, "--masks-from and --densities-from are two ways to start the masks")
-    lottery = cli("train", *SMOKE, "--epochs", "1", "--method", "lottery", "--masks-from", str(source),
+    lottery = run("train", *SMOKE, "--epochs", "1", "--method", "lottery", "--masks-from", str(source),
                   "--out", str(tmp_path / "lottery"))
     one_line_error(lottery, "method lottery needs --masks-from RUN_DIR and --init-from RUN_DIR")
 
@@ -237,7 +237,7 @@ def test_cli_layer_densities_set_those_layers_exactly_and_are_recorded(tmp_path)
         {"conv1.weight": 1.0, "fc.weight": 0.5}
     layers = {layer["name"]: layer for layer in json.loads((out / "summary.json").read_text())["layers"]}
     assert (layers["conv1.weight"]["active"], layers["fc.weight"]["active"]) == (16 * 3 * 9, 640 // 2)
-    one_line_error(cli("train", *SMOKE, "--layer-densities", "conv1.weight", "--out", str(tmp_path / "bad")),
+    one_line_error(run("train", *SMOKE, "--layer-densities", "conv1.weight", "--out", str(tmp_path / "bad")),
                    "--layer-densities takes NAME=DENSITY pairs", "got 'conv1.weight'")
 
 

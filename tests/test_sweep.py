@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, cli, read_jsonl, wait_for_first_epoch
+from helpers import REPO, cli, read_jsonl, run, wait_for_first_epoch
 
 
 # --- `python rigl.py sweep` ---------------------------------------------
@@ -25,7 +25,7 @@ def test_sweep_lists_its_cells_and_names_them_readably(tmp_path):
     assert lines[0].endswith("pruning-erk-d0.1-x1.0-dt4-s0: new")  # pruning runs before its lottery
     assert any(line.endswith("dense-x1.0-dt4-s1: new") for line in lines)
     assert not any(tmp_path.iterdir())  # a dry run trains nothing
-    bad = cli("sweep", str(tmp_path), "--methods", "rigl,lottery", "--dry-run", *SWEEP_SMOKE)
+    bad = run("sweep", str(tmp_path), "--methods", "rigl,lottery", "--dry-run", *SWEEP_SMOKE)
     assert bad.returncode == 2 and "add pruning to --methods" in bad.stdout
 
 
@@ -48,7 +48,7 @@ def test_sweep_skips_finished_cells_and_resumes_a_killed_one(tmp_path):
     assert report_run.returncode == 0, report_run.stderr
     assert "Static (ERK)" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "figures" / "accuracy_vs_density.png").stat().st_size > 5000
-    assert cli("report", str(tmp_path / "nothing-here")).returncode == 2
+    assert run("report", str(tmp_path / "nothing-here")).returncode == 2
 
 
 def test_a_sweep_refuses_cells_trained_with_other_settings(tmp_path):
@@ -70,7 +70,7 @@ def test_a_sweep_refuses_cells_trained_with_other_settings(tmp_path):
     (["--lrs", "0.1,x"], "--lrs takes comma-separated float values"),
 ])
 def test_bad_sweep_grids_get_one_line(tmp_path, args, message):
-    result = cli("sweep", str(tmp_path), "--dry-run", *args)
+    result = run("sweep", str(tmp_path), "--dry-run", *args)
     assert result.returncode == 2 and message in " ".join(result.stdout.split()), result.stdout
 
 

@@ -18,7 +18,7 @@ import flops
 import models
 import rigl
 import train
-from helpers import REPO, SMOKE, cli, one_line_error, read_jsonl, rich_console, shapes_of, small_net, wait_for_first_epoch
+from helpers import REPO, SMOKE, cli, one_line_error, read_jsonl, rich_console, run, shapes_of, small_net, wait_for_first_epoch
 from models import build_model
 from rigl import Sparsity, SparsityConfig
 from train import REPORT_STEPS, TrainConfig, resolve_recipe
@@ -215,7 +215,7 @@ def test_fresh_run_into_a_used_directory_is_refused(smoke_run):
 
 
 def test_offline_without_data_says_how_to_provide_it(tmp_path):
-    result = cli("train", "--data-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "run"))
+    result = run("train", "--data-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "run"))
     assert result.returncode == 2
     message = " ".join(result.stdout.split())
     assert "could not be downloaded" in message and "cifar-10-batches-py" in message
@@ -239,7 +239,7 @@ def test_offline_without_data_says_how_to_provide_it(tmp_path):
     (["--method", "pruning", "--train-subset", "64", "--val-size", "0", "--epochs", "1"], "pruning never prunes"),
 ])
 def test_bad_option_values_are_rejected_with_a_message(tmp_path, args, message):
-    result = cli("train", *SMOKE, *args, "--out", str(tmp_path / "run"))
+    result = run("train", *SMOKE, *args, "--out", str(tmp_path / "run"))
     assert result.returncode == 2
     assert message in " ".join((result.stdout + result.stderr).split())
     assert "Traceback" not in result.stdout + result.stderr

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, cli, read_jsonl, wait_for_first_epoch
+from helpers import REPO, cli, read_jsonl, run, wait_for_first_epoch
 
 optuna = pytest.importorskip("optuna")
 
@@ -102,7 +102,7 @@ def test_other_fixed_settings_on_the_same_root_are_refused(study, extra, message
     (["--val-size", "0"], "--val-size must be at least 1"),
 ])
 def test_bad_tune_options_get_one_line(tmp_path, args, message):
-    result = cli("tune", str(tmp_path / "root"), *TUNE_SMOKE, *args)
+    result = run("tune", str(tmp_path / "root"), *TUNE_SMOKE, *args)
     assert result.returncode == 2 and message in " ".join(result.stdout.split()), result.stdout + result.stderr
     assert "Traceback" not in result.stderr and "secret" not in result.stdout
 
