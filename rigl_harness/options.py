@@ -23,14 +23,20 @@ def name_values(text: str | None, option: str) -> dict[str, float] | None:
     found = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, value = part.rpartition("=")
-        try:
-            if not name.strip():
-                raise ValueError(part)
-            found[name.strip()] = float(value)
-        except ValueError:
+        if not name.strip() or not is_number(value):
             raise ValueError(f"{option} takes NAME=DENSITY pairs separated by commas (e.g. "
-                             f"conv1.weight=1,fc.weight=0.5), got {part!r}") from None
+                             f"conv1.weight=1,fc.weight=0.5), got {part!r}")
+        found[name.strip()] = float(value)
     return found or None
+
+
+def is_number(text: str) -> bool:
+    """Whether float() reads `text`."""
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def configs_from_options(options: dict) -> tuple[TrainConfig, SparsityConfig]:
