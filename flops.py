@@ -7,9 +7,10 @@ Report:    Sundar & Dwaraknath. "[Re] Rigging the Lottery". ReScience C 7(2), 20
 Counting:  fvcore's FlopCountAnalysis (github.com/facebookresearch/fvcore), read per module.
 Check:     tests/test_flops.py (`python -m pytest -q tests/test_flops.py`).
 
-It stands on rigl.py (the layer densities) and models.py (the networks), and fvcore counts. Which
-method pays for a dense gradient is said here (DENSE_GRADIENT), and `method_flops` counts a method
-as `train` runs it.
+It stands on rigl.py (the layer densities) and models.py (the networks), and fvcore counts.
+Small-Dense's width (`small_dense_width`) is solved here, where weights are counted; which method
+pays for a dense gradient is said here (DENSE_GRADIENT), and `method_flops` counts a method as
+`train` runs it.
 
 Two conventions (state which one wherever a number is printed; ratios agree in both):
 
@@ -36,8 +37,8 @@ the dense gradient of the weights (`dense_gradient`):
 Implementation choices (not in the paper):
   * FLOPs are counted for one sample of shape (1, 3, H, W) in eval mode; a layer's count is the
     multiply-adds fvcore attributes to its module (summed if the module runs more than once).
-  * Gradual pruning trains on E_t[f_S(t)]: the caller passes the layer densities averaged over
-    training (`train_densities`).
+  * Gradual pruning trains on E_t[f_S(t)]: method_flops averages its layer densities along the
+    run's `total_steps` and hands them to flop_report as `train_densities`.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from models import DATASET_SHAPES, build_model, small_dense_width
-from rigl import KERNEL_LEVEL, REPORT_STEPS, SparsityConfig, initial_densities, masked_weights, mean_pruning_density
+from models import DATASET_SHAPES, build_model, width_scale_for
+from rigl import KERNEL_LEVEL, SparsityConfig, active_count, initial_densities, masked_weights, mean_pruning_density
 
 PAPER_FLOPS_PER_MAC = 2
 """The paper counts a multiply and an add as two FLOPs; fvcore counts the pair as one."""
@@ -207,6 +208,18 @@ def flop_report(shapes: dict[str, torch.Size], dense_macs: dict[str, int], densi
 # ---------------------------------------------------------------------------------------------
 
 
+def small_dense_width(name: str, num_classes: int, sparse_cfg: SparsityConfig) -> float:
+    """Small-Dense: the channel scale at which the dense model has as many conv and linear weights
+    as the sparse model has active ones (RR scales by √d; we solve for the count, by bisection).
+    The one definition: `train` builds this network and `flops` counts it."""
+    with torch.device("meta"):
+        full = masked_weights(build_model(name, num_classes))
+    sparse = initial_densities({n: w.shape for n, w in full.items()}, replace(sparse_cfg, method="static"))
+    target = sum(active_count(sparse[n], w.numel()) for n, w in full.items())
+    return width_scale_for(name, num_classes, target,
+                           lambda model: sum(w.numel() for w in masked_weights(model).values()))
+
+
 def counted_model(model_name: str, dataset: str, width_scale: float = 1.0) -> tuple[dict, dict]:
     """(shapes, dense multiply-adds) of every masked weight of a freshly built model."""
     classes, size = DATASET_SHAPES[dataset]
@@ -216,9 +229,10 @@ def counted_model(model_name: str, dataset: str, width_scale: float = 1.0) -> tu
 
 
 def method_flops(model_name: str, dataset: str, sparse_cfg: SparsityConfig, multiplier: float,
-                 counted: tuple[dict, dict] | None = None) -> dict:
+                 counted: tuple[dict, dict] | None = None, total_steps: int | None = None) -> dict:
     """flop_report of `model_name` trained by `sparse_cfg.method`, as `train` would run it: the
-    same network (Small-Dense's width), densities and dense-gradient needs."""
+    same network (Small-Dense's width), densities and dense-gradient needs. Pruning needs
+    `total_steps`, the run's training steps, along which its density is averaged."""
     method = sparse_cfg.method
     shapes, dense_macs = counted or counted_model(model_name, dataset)
     common = dict(dense_gradient=DENSE_GRADIENT.get(method, "never"),
@@ -237,8 +251,10 @@ def method_flops(model_name: str, dataset: str, sparse_cfg: SparsityConfig, mult
     allocation = initial_densities(shapes, replace(sparse_cfg, method=method if method in KERNEL_LEVEL else "static"))
     train_densities = None
     if method == "pruning":
-        t0, t1 = int(sparse_cfg.t_start * REPORT_STEPS), int(sparse_cfg.t_end * REPORT_STEPS)
-        train_densities = {n: mean_pruning_density(d, REPORT_STEPS, t0, t1) for n, d in allocation.items()}
+        if total_steps is None:
+            raise ValueError("pruning's training FLOPs follow its schedule: give the run's total_steps")
+        t0, t1 = int(sparse_cfg.t_start * total_steps), int(sparse_cfg.t_end * total_steps)
+        train_densities = {n: mean_pruning_density(d, total_steps, t0, t1) for n, d in allocation.items()}
     return flop_report(shapes, dense_macs, allocation, train_densities=train_densities, **common)
 
 
@@ -274,15 +290,17 @@ TABLE2_CELLS = [("dense", NO_DISTRIBUTION)] + [(m, d) for d in ("uniform", "erk"
 """The rows of the report's Table 2: (method, distribution)."""
 
 
-def table2_columns(model_name: str, dataset: str, sparse_cfg: SparsityConfig, multiplier: float) -> list[dict]:
-    """Training and inference FLOPs ×dense of every method of the report's Table 2 at d. A method
-    without masks is counted as `train` builds it at the configuration's default distribution."""
+def table2_columns(model_name: str, dataset: str, sparse_cfg: SparsityConfig, multiplier: float,
+                   total_steps: int) -> list[dict]:
+    """Training and inference FLOPs ×dense of every method of the report's Table 2 at d, in runs
+    of `total_steps` steps. A method without masks is counted as `train` builds it at the
+    configuration's default distribution."""
     counted = counted_model(model_name, dataset)
     rows = []
     for method, distribution in TABLE2_CELLS:
         spread = SparsityConfig.distribution if distribution == NO_DISTRIBUTION else distribution
         result = method_flops(model_name, dataset, replace(sparse_cfg, method=method, distribution=spread),
-                              multiplier, counted)
+                              multiplier, counted, total_steps)
         rows.append(dict(method=method, distribution=distribution, train_flops_ratio=result["train_flops_ratio"],
                          inference_flops_ratio=result["inference_flops_ratio"]))
     return rows

@@ -15,8 +15,9 @@ Dwaraknath 2021, "[Re] Rigging the Lottery", ReScience C 7(2)):
 Everything is built through ``build_model(name, num_classes, width_scale)``.
 ``width_scale`` multiplies every hidden channel count (never the 3 input
 channels or the classes), which gives the "Small-Dense" baseline from the same
-code: ``small_dense_width`` solves for the scale at which the dense network has
-as many weights as the sparse one has active.
+code: ``width_scale_for`` solves for the scale at which a count of the network
+meets a target (flops.small_dense_width: the sparse network's active weights).
+The networks know nothing of sparsity.
 
 Reference numbers for the dense models (checked in the tests):
     wrn-22-2, 10 classes:        1,076,912 conv+linear weights,
@@ -28,13 +29,11 @@ Reference numbers for the dense models (checked in the tests):
 
 import math
 import re
-from dataclasses import replace
 from typing import Callable
 
 import torch
 from torch import nn
 
-from rigl import SparsityConfig, active_count, initial_densities, masked_weights
 
 DATASET_SHAPES = {"cifar10": (10, 32), "cifar100": (100, 32), "imagenet": (1000, 224),
                   "synthetic": (10, 32)}
@@ -280,15 +279,3 @@ def width_scale_for(name: str, num_classes: int, target: int, count: Callable[[n
         middle = (low + high) / 2
         low, high = (middle, high) if counted(middle) < target else (low, middle)
     return min((low, high), key=lambda s: abs(counted(s) - target))
-
-
-def small_dense_width(name: str, num_classes: int, sparse_cfg: SparsityConfig) -> float:
-    """Small-Dense: the channel scale at which the dense model has as many conv and linear weights
-    as the sparse model has active ones (RR scales by √d; we solve for the count, by bisection).
-    The one definition: `train` builds this network and `flops` counts it."""
-    with torch.device("meta"):
-        full = masked_weights(build_model(name, num_classes))
-    sparse = initial_densities({n: w.shape for n, w in full.items()}, replace(sparse_cfg, method="static"))
-    target = sum(active_count(sparse[n], w.numel()) for n, w in full.items())
-    return width_scale_for(name, num_classes, target,
-                           lambda model: sum(w.numel() for w in masked_weights(model).values()))

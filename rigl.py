@@ -31,10 +31,12 @@ Symbols of the paper and their names here:
     f_decay  cosine_drop_fraction   α_t = α/2 · (1 + cos(π t / T_end))
     ε        eps                the ER/ERK normaliser that meets the density budget
 
-The file follows the paper: configuration, layer densities (uniform, ER, ERK), masks, schedules,
-drop and grow, and the `Sparsity` holder. It imports only torch and the standard library, so it can
-be copied on its own. The training loop and recipes are in train.py; the command line, data, run
-directories, sweeps and reports in the rigl_harness package (README, "Reading the code").
+Part I is the paper, in its order: configuration, layer densities (uniform, ER, ERK), masks,
+schedules, drop and grow, and the `Sparsity` holder. Part II is what goes beyond it, each under
+its own banner: which weights carry masks on any model, RigL-struct, and the wrapped optimizer for
+trainers. The file imports only torch and the standard library, so it can be copied on its own. The
+training loop and recipes are in train.py; the command line, data, run directories, sweeps and
+reports in the rigl_harness package (README, "Reading the code").
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ from torch import nn
 
 log = logging.getLogger("rigl")
 
+
+# =============================================================================================
+# Part I. The paper: configuration, layer densities, masks, schedules, drop and grow, the holder
+# =============================================================================================
 
 # ---------------------------------------------------------------------------------------------
 # Methods and configuration
@@ -73,8 +79,6 @@ report's RigL-struct); their non-convolution weights stay dense."""
 CHANGES_EVERY_INTERVAL = DROP_AND_GROW + ("pruning",)
 """Methods whose masks change every ΔT steps: drop and grow, and gradual pruning's pruning steps."""
 Distribution = Literal["uniform", "er", "erk"]
-REPORT_STEPS = 87_891
-"""Training steps of the report's CIFAR run: 250 epochs of 45,000 images at batch 128."""
 
 
 @dataclass
@@ -82,7 +86,8 @@ class SparsityConfig:
     """Every hyperparameter of sparse training, with the paper's defaults."""
 
     method: Method = "rigl"
-    """How the masks change, one of `Method` (paper Sec. 3; report Sec. 2; docs/sweeps-and-reports.md, "Methods")."""
+    """How the masks change, one of `Method` (paper Sec. 3; report Sec. 2; docs/sweeps-and-reports.md,
+    "Methods")."""
     density: float = 0.1
     """d, overall fraction of active weights among the masked ones; the report's Table 2 uses 0.1 and 0.2."""
     distribution: Distribution = "erk"
@@ -95,9 +100,9 @@ class SparsityConfig:
     """ΔT, training steps between mask updates; 100 (paper Sec. 4.1)."""
     t_end: float = 0.75
     """T_end as a fraction of all training steps; masks are frozen after it. 0.75 (paper Sec. 4.1)."""
-    t_start: float = 700 / REPORT_STEPS
+    t_start: float = 700 / 87_891
     """Pruning only: fraction of training at which gradual pruning starts; RR starts at step 700 of
-    the report's 87,891."""
+    the report's 87,891 (train.REPORT_STEPS)."""
     dense_layers: tuple[str | type, ...] | None = None
     """Weights kept dense and outside the budget, by name, glob pattern or module type (as
     extra_weights). None = the distribution's default: the first layer for uniform (TF, RR; not for
@@ -109,7 +114,8 @@ class SparsityConfig:
     """Weights to sparsify beyond every convolution, Linear and Conv1D: names ("lstm"), glob patterns
     ("*.in_proj_weight", "encoder.*.mlp.*") or module types (nn.LSTM); a tied weight under any name."""
     mask_depthwise: bool = False
-    """Sparsify depthwise convolutions too (groups == in_channels > 1); TF's MobileNet code keeps them dense."""
+    """Sparsify depthwise convolutions too (groups == in_channels > 1); TF's MobileNet code keeps them
+    dense."""
     seed: int = 0
     """Seed of the mask generator: initial masks, tie-breaking, SET's random growth."""
 
@@ -120,7 +126,8 @@ class SparsityConfig:
         _check_range("drop_fraction", self.drop_fraction, 0.0, 1.0, "0 <= drop_fraction <= 1")
         _check_range("t_end", self.t_end, 0.0, 1.0, "0 < t_end <= 1", low_open=True)
         _check_range("t_start", self.t_start, 0.0, self.t_end, "0 <= t_start <= t_end")
-        _check_range("erk_power_scale", self.erk_power_scale, 0.0, sys.float_info.max, "0 <= erk_power_scale < inf")
+        _check_range("erk_power_scale", self.erk_power_scale, 0.0, sys.float_info.max,
+                     "0 <= erk_power_scale < inf")
         if isinstance(self.update_interval, bool) or not isinstance(self.update_interval, int) \
                 or self.update_interval < 1:
             raise ValueError(f"update_interval must be an integer >= 1, got {self.update_interval!r}")
@@ -202,8 +209,8 @@ def erdos_renyi_densities(shapes: dict[str, torch.Size], density: float, kernel:
         # Σ_{l dense} n_l + ε Σ_{l sparse} score_l n_l = d Σ_l n_l
         weighted = sum(score[n] * numel[n] for n in sparse)
         if not 0 < weighted < math.inf:  # a large power_scale underflows (or overflows) every score
-            raise ValueError(f"erk_power_scale {power_scale} takes the ERK scores of the sparse layers out of "
-                             f"floating point range ({weighted}); use a smaller one (1.0 in the paper)")
+            raise ValueError(f"erk_power_scale {power_scale} takes the ERK scores of the sparse layers "
+                             f"out of floating point range ({weighted}); use a smaller one (1.0 in the paper)")
         eps = (budget - sum(numel[n] for n in dense)) / weighted
         top = max(score[n] for n in sparse)
         if eps * top <= 1.0:
@@ -211,203 +218,41 @@ def erdos_renyi_densities(shapes: dict[str, torch.Size], density: float, kernel:
         dense |= {name for name in sparse if score[name] == top}
 
 
-def distribute_density(shapes: dict[str, torch.Size], config: SparsityConfig,
-                       dense_layers: tuple[str, ...]) -> dict[str, float]:
-    """Density of every masked weight: `dense_layers` at 1, the rest by the configured distribution."""
-    sparse = {name: s for name, s in shapes.items() if name not in dense_layers}
-    if config.method in UNMASKED + ("pruning",):  # pruning starts dense
-        densities = {name: 1.0 for name in sparse}
-    elif config.method in KERNEL_LEVEL:
-        densities = kernel_level_densities(sparse, config)
-    else:
-        densities = spread_density(sparse, config.density, config)
-    return {name: 1.0 if name in dense_layers else densities[name] for name in shapes}
-
-
-def spread_density(shapes: dict[str, torch.Size], density: float, config: SparsityConfig) -> dict[str, float]:
-    """Density d spread over these layers by config.distribution (uniform, ER or ERK)."""
+def distribution_densities(shapes: dict[str, torch.Size], density: float,
+                           config: SparsityConfig) -> dict[str, float]:
+    """Density d spread over these layers by config.distribution: uniform, ER or ERK."""
     if config.distribution == "uniform":
         return uniform_densities(shapes, density)
     return erdos_renyi_densities(shapes, density, kernel=config.distribution == "erk",
                                  power_scale=config.erk_power_scale)
 
 
-def has_kernels(shape: torch.Size) -> bool:
-    """A convolution's weight, (n_out, n_in, k_1, ...): one kernel per (output, input) pair."""
-    return len(shape) > 2
+def initial_densities(shapes: dict[str, torch.Size], config: SparsityConfig,
+                      dense_layers: tuple[str, ...] | None = None) -> dict[str, float]:
+    """Every masked weight's density at the start of training, as `Sparsity` allocates it.
 
-
-def kernel_level_densities(shapes: dict[str, torch.Size], config: SparsityConfig) -> dict[str, float]:
-    """RigL-struct: weights without kernels (Linear) dense, the convolutions at the density that
-    keeps the overall density d (RR's `_remove_fc_adjust_density`), spread by the distribution."""
-    convolutions = {name: s for name, s in shapes.items() if has_kernels(s)}
-    if not convolutions:
-        raise ValueError(f"{config.method} masks the kernels of convolutions, and no masked weight is one")
-    n_all = sum(math.prod(s) for s in shapes.values())
-    n_conv = sum(math.prod(s) for s in convolutions.values())
-    # d_conv = (d · N_all − N_dense) / N_conv, which never exceeds 1 for d <= 1
-    conv_density = (config.density * n_all - (n_all - n_conv)) / n_conv
-    if conv_density <= 0:
-        raise ValueError(f"{config.method} keeps {n_all - n_conv:,} non-convolution weights dense, more than "
-                         f"density {config.density:g} allows ({config.density * n_all:,.0f} active weights); "
-                         f"use a density above {(n_all - n_conv) / n_all:.4f}")
-    densities = spread_density(convolutions, conv_density, config)
-    return {name: densities.get(name, 1.0) for name in shapes}
-
-
-# ---------------------------------------------------------------------------------------------
-# Which weights carry masks: convolutions, Linear and Conv1D by default; more when selected
-# ---------------------------------------------------------------------------------------------
-
-CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-Selector = str | type
-"""How extra_weights and dense_layers pick weights: a weight's name, a module's name (its weights),
-a glob pattern over names ("*.in_proj_weight", "encoder.*.mlp.*"), or a module type (nn.LSTM)."""
-
-
-def is_depthwise(module: nn.Module) -> bool:
-    """A depthwise convolution: one filter per input channel (groups == in_channels > 1)."""
-    return isinstance(module, CONVOLUTIONS) and module.groups == module.in_channels > 1
-
-
-def masked_by_default(module: nn.Module, depthwise: bool = False) -> bool:
-    """Every convolution (1-, 2- and 3-D, transposed too) and Linear, and Hugging Face's Conv1D (a
-    Linear with its weight transposed, known by its name and `nf`). Depthwise convolutions only when
-    `depthwise`: TF's MobileNet code never masks them, and at d = 0.1 many of their k·k filters
-    would keep no weight at all."""
-    if isinstance(module, CONVOLUTIONS):
-        return depthwise or not is_depthwise(module)
-    return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
-
-
-def model_weights(model: nn.Module) -> dict[str, tuple[nn.Parameter, nn.Module]]:
-    """Every parameter of ndim >= 2 under each of its names (a tied one under all of them), with
-    the module that holds it, in model order."""
-    modules = dict(model.named_modules(remove_duplicate=False))
-    return {name: (param, modules[name.rpartition(".")[0]])
-            for name, param in model.named_parameters(remove_duplicate=False) if param.ndim >= 2}
-
-
-def selects(selector: Selector, name: str, module: nn.Module | None) -> bool:
-    """Whether `selector` picks the weight `name` held by `module`: a type picks the weights of
-    its instances; a string matches the name, or the name of a module above it (globs allowed)."""
-    if isinstance(selector, type):
-        return isinstance(module, selector)
-    return fnmatch.fnmatchcase(name, selector) or fnmatch.fnmatchcase(name, f"{selector}.*")
-
-
-def select(selectors: tuple[Selector, ...], weights: dict[str, nn.Module | None], field: str,
-           among: str) -> list[str]:
-    """The names in `weights` (name -> module) that any selector picks, in their order. A selector
-    that picks none is an error naming the nearest candidates."""
-    picked = set()
-    for selector in selectors:
-        hits = {name for name, module in weights.items() if selects(selector, name, module)}
-        if not hits:
-            raise ValueError(f"{field}: {getattr(selector, '__name__', selector)!r} matches no {among}; "
-                             f"nearest: {near_candidates(selector, weights)}")
-        picked |= hits
-    return [name for name in weights if name in picked]
-
-
-def near_candidates(selector: Selector, weights: dict[str, nn.Module | None]) -> list[str]:
-    """What the user may have meant: the closest weight and module names, or the module types."""
-    if isinstance(selector, type):
-        return sorted({type(module).__name__ for module in weights.values() if module is not None})
-    names = list(weights) + sorted({name.rpartition(".")[0] for name in weights} - {""})
-    return difflib.get_close_matches(selector, names, n=6, cutoff=0.3) or names[:6]
-
-
-def masked_weights(model: nn.Module, extra: tuple[Selector, ...] = (),
-                   depthwise: bool = False) -> dict[str, nn.Parameter]:
-    """The weights that carry masks, in model order: those of `masked_by_default` modules and those
-    that `extra` selects, only those that train (requires_grad). A tied Parameter is masked once,
-    under the name that selected it: a name `extra` picks before a name picked by default."""
-    weights = model_weights(model)
-    named = set(select(extra, {n: m for n, (_, m) in weights.items()}, "extra_weights", "weight of the model (ndim >= 2)"))
-    default = {n for n, (_, module) in weights.items() if masked_by_default(module, depthwise)}
-    found, seen = set(), set()
-    for chosen in (named, default):
-        for name, (param, _) in weights.items():
-            if name in chosen and param.requires_grad and id(param) not in seen:
-                found.add(name)
-                seen.add(id(param))
-    return {name: param for name, (param, _) in weights.items() if name in found}
-
-
-def dense_parameters(model: nn.Module, masked: dict[str, nn.Parameter]) -> dict[str, str]:
-    """Every weight (ndim >= 2) that carries no mask, and why: frozen, tied to a masked one, a
-    depthwise convolution, or of a kind masked only when selected. Biases and norms never are."""
-    owner = {id(p): n for n, p in masked.items()}
-    reasons = {}
-    for name, (param, module) in model_weights(model).items():
-        if masked.get(name) is param:
-            continue
-        reasons[name] = ("frozen (requires_grad=False)" if not param.requires_grad
-                         else f"tied to {owner[id(param)]}, masked there" if id(param) in owner
-                         else "a depthwise convolution: mask_depthwise=True sparsifies it" if is_depthwise(module)
-                         else f"a {type(module).__name__} weight: select it in extra_weights to sparsify it")
-    return reasons
-
-
-def left_dense(model: nn.Module, masked: dict[str, nn.Parameter]) -> dict[str, nn.Module]:
-    """The trainable weights (ndim >= 2) that stay dense because of their module's type, each
-    Parameter once: the weights a user may not know are dense, with their modules."""
-    seen = {id(p) for p in masked.values()}
-    found = {}
-    for name, (param, module) in model_weights(model).items():
-        if param.requires_grad and id(param) not in seen:
-            found[name] = module
-            seen.add(id(param))
-    return found
-
-
-def unwrapped(model: nn.Module) -> nn.Module:
-    """The model under torch.compile's wrapper (`_orig_mod`) and (Distributed)DataParallel's
-    (`module`): the module whose parameter names the user writes."""
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def dense_layers_of(names: list[str], config: SparsityConfig,
-                    candidates: dict[str, tuple[str, nn.Module | None]] | None = None) -> tuple[str, ...]:
-    """The layers kept dense by choice: the masked weights that `config.dense_layers` selects, or
-    by default the first layer for uniform (TF, RR) and none for ER/ERK (their capping decides).
-    `candidates` maps every name of a masked weight (a tied one has several) to its masked name
-    and module; without it, the masked names alone (no module types)."""
-    if config.dense_layers is None:  # RigL-struct masks the first convolution too (RR)
-        uniform = config.distribution == "uniform" and config.method not in KERNEL_LEVEL
-        return (names[0],) if uniform and names else ()
-    candidates = candidates or {n: (n, None) for n in names}
-    picked = select(config.dense_layers, {n: m for n, (_, m) in candidates.items()}, "dense_layers",
-                    "masked weight")
-    chosen = {candidates[n][0] for n in picked}
-    return tuple(n for n in names if n in chosen)
-
-
-def initial_densities(shapes: dict[str, torch.Size], config: SparsityConfig) -> dict[str, float]:
-    """Every masked weight's density at the start of training, as `Sparsity` allocates it."""
-    return with_layer_densities(shapes, config, dense_layers_of(list(shapes), config))
-
-
-def with_layer_densities(shapes: dict[str, torch.Size], config: SparsityConfig,
-                         dense_layers: tuple[str, ...]) -> dict[str, float]:
-    """config.layer_densities for the layers it names; the others by the distribution at d. As TF's
-    custom_sparsity_map (sparse_utils.py), the named layers stay out of the ER/ERK budget: the rest
-    share d among themselves, so the whole network's density is d only if the named layers are at d."""
+    1. The layers config.layer_densities names take its values (TF's custom_sparsity_map).
+    2. `dense_layers` are dense; None: config.dense_layers by name, or the distribution's default
+       (`dense_layers_of`, Part II: the first layer for uniform, as TF and RR).
+    3. The method's rule: dense, Small-Dense and pruning start without masks; RigL-struct spreads
+       over the convolutions alone (`kernel_level_densities`, Part II).
+    4. The rest share d by the distribution. Layers of steps 1 and 2 stay out of that budget (as
+       TF), so the whole network's density is d only if the named layers are at d.
+    """
     named = config.layer_densities or {}
     unknown = [name for name in named if name not in shapes]
     if unknown:
         raise ValueError(f"layer_densities: {unknown[0]!r} is no masked weight; nearest: "
                          f"{near_candidates(unknown[0], dict.fromkeys(shapes))}")
-    rest = {name: s for name, s in shapes.items() if name not in named}
-    densities = distribute_density(rest, config, tuple(n for n in dense_layers if n in rest))
-    return {name: named[name] if name in named else densities[name] for name in shapes}
+    dense_layers = dense_layers_of(list(shapes), config) if dense_layers is None else dense_layers
+    shared = {name: s for name, s in shapes.items() if name not in named and name not in dense_layers}
+    if config.method in UNMASKED + ("pruning",):  # pruning starts dense
+        spread = dict.fromkeys(shared, 1.0)
+    elif config.method in KERNEL_LEVEL:
+        spread = kernel_level_densities(shared, config)
+    else:
+        spread = distribution_densities(shared, config.density, config)
+    return {name: named[name] if name in named else spread.get(name, 1.0) for name in shapes}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,31 +271,6 @@ def random_mask(shape: torch.Size, n_active: int, generator: torch.Generator) ->
     mask = torch.zeros(numel, dtype=torch.bool, device=generator.device)
     mask[torch.randperm(numel, generator=generator, device=generator.device)[:n_active]] = True
     return mask.view(shape)
-
-
-def kernel_mask(kernels: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """An (n_out, n_in) mask of kernels as a mask of the weight's shape: every tap of a kernel
-    on or off with it."""
-    taps = (1,) * (len(shape) - 2)
-    return kernels.view(*kernels.shape, *taps).expand(shape).contiguous()
-
-
-def random_kernel_mask(shape: torch.Size, density: float, generator: torch.Generator) -> torch.Tensor:
-    """A mask of whole kernels: exactly round(d · n_out · n_in) of them on (at least one), at random."""
-    kernels = shape[:2]
-    return kernel_mask(random_mask(kernels, active_count(density, math.prod(kernels)), generator), shape)
-
-
-def kernels_of(mask: torch.Tensor) -> torch.Tensor:
-    """The (n_out, n_in) kernel mask of a kernel-constant weight mask: a kernel is on if its taps are."""
-    return mask.flatten(2).any(dim=-1)
-
-
-def kernel_scores(tensor: torch.Tensor) -> torch.Tensor:
-    """|mean over a kernel's taps| of a weight or gradient, one score per (output, input) pair
-    (RR's struct-magnitude-mean and struct-absolute-gradient-mean: the mean is signed)."""
-    # s_oi = |(1 / k_h k_w) Σ_taps x_oi,tap|
-    return tensor.flatten(2).mean(dim=-1).abs()
 
 
 def top_k_mask(scores: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -476,6 +296,7 @@ def top_k_mask(scores: torch.Tensor, k: int, generator: torch.Generator) -> torc
         mask[indices[above]] = True
         mask[torch.nonzero(tied).squeeze(1)[chosen]] = True
     return mask.view_as(scores)
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,6 +397,7 @@ def redistribute(total: int, layer_scores: dict[str, float],
     return grow
 
 
+
 # ---------------------------------------------------------------------------------------------
 # The holder: masks, counters and the mask generator, driven from the user's training loop
 # ---------------------------------------------------------------------------------------------
@@ -596,41 +418,34 @@ class Sparsity:
             raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
         model = unwrapped(model)  # names without torch.compile's "_orig_mod." or DDP's "module."
         self.config, self.optimizer, self.total_steps = config, optimizer, total_steps
-        self.weights = masked_weights(model, config.extra_weights, config.mask_depthwise)
+        self.weights = masked_weights(model, config.extra_weights, config.mask_depthwise)  # Part II
         if not self.weights:
-            raise ValueError(f"the model has no trainable convolution, Linear or Conv1D weight to make sparse; "
-                             f"select weights with extra_weights, among {list(model_weights(model))[:8]}")
+            raise ValueError(f"the model has no trainable convolution, Linear or Conv1D weight to make "
+                             f"sparse; select weights with extra_weights, among {list(model_weights(model))[:8]}")
         self.parameter_count = sum(p.numel() for p in model.parameters())
-        self._report_dense(model)
-        self.dense_layers = self._dense_layers(model)
-        self.initial_densities = with_layer_densities({n: w.shape for n, w in self.weights.items()}, config,
-                                                      self.dense_layers)
+        self.dense_layers = dense_layers_of(list(self.weights), config, weight_aliases(model, self.weights))
+        self.initial_densities = initial_densities({n: w.shape for n, w in self.weights.items()}, config,
+                                                   self.dense_layers)
         self.t_end = int(config.t_end * total_steps)
+        self.t_start = int(config.t_start * total_steps)
+        if config.method == "pruning" and self.t_end <= self.t_start:
+            raise ValueError(f"pruning never prunes: its start (step {self.t_start}, t_start "
+                             f"{config.t_start:g}) is not before T_end (step {self.t_end}, t_end "
+                             f"{config.t_end:g}) of {total_steps} steps; "
+                             f"lengthen the run or move t_start and t_end apart")
         self.step_count = 0
         self.last_update = {"step": 0, "drop_fraction": 0.0, "grown": 0}
+        self.masks_changed = False
         device = next(iter(self.weights.values())).device
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.masks = self._initial_masks()
         self.ever_active = {name: mask.clone() for name, mask in self.masks.items()}
-        self.t_start = int(config.t_start * total_steps)
-        if config.method == "pruning" and self.t_end <= self.t_start:
-            raise ValueError(f"pruning never prunes: its start (step {self.t_start}, t_start {config.t_start:g}) is "
-                             f"not before T_end (step {self.t_end}, t_end {config.t_end:g}) of {total_steps} steps; "
-                             f"lengthen the run or move t_start and t_end apart")
-        self.masks_changed = False
-        self._gradient_hooks = []
+        self._gradient_hooks = []  # wrap() adds them (Part II)
         self.apply_masks()
-        self._log_dense_choice()
+        log_dense_weights(model, self)  # Part II
         if config.method in DROP_AND_GROW and self.t_end <= config.update_interval:
             log.warning("no mask will change: the first update is at step ΔT = %d, not before T_end = %d "
                         "of %d steps", config.update_interval, self.t_end, total_steps)
-
-    def _dense_layers(self, model: nn.Module) -> tuple[str, ...]:
-        """config.dense_layers resolved over every name of the masked weights (a tied one has several)."""
-        masked_name = {id(w): n for n, w in self.weights.items()}
-        candidates = {n: (masked_name[id(p)], m) for n, (p, m) in model_weights(model).items()
-                      if id(p) in masked_name}
-        return dense_layers_of(list(self.weights), self.config, candidates)
 
     def _initial_masks(self) -> dict[str, torch.Tensor]:
         """Exact random masks. A layer at density 1 carries no mask: for RigL and SET an update could
@@ -639,39 +454,12 @@ class Sparsity:
         if self.config.method == "pruning":
             return {name: torch.ones_like(w, dtype=torch.bool) for name, w in self.weights.items()
                     if name not in self.dense_layers}
-        if self.config.method in KERNEL_LEVEL:
+        if self.config.method in KERNEL_LEVEL:  # Part II
             return {name: random_kernel_mask(w.shape, self.initial_densities[name], self.generator)
                     for name, w in self.weights.items() if self.initial_densities[name] < 1.0}
-        return {name: random_mask(w.shape, active_count(self.initial_densities[name], w.numel()), self.generator)
-                for name, w in self.weights.items() if self.initial_densities[name] < 1.0}
-
-    def _report_dense(self, model: nn.Module) -> None:
-        """Each weight left dense at INFO with its reason, and one WARNING for those left dense by
-        their module's type: how many, their share of the parameters, and how to select them."""
-        for name, reason in dense_parameters(model, self.weights).items():
-            log.info("left dense: %s, %s", name, reason)
-        dense = left_dense(model, self.weights)
-        if not dense:
-            return
-        share = sum(model_weights(model)[n][0].numel() for n in dense) / self.parameter_count
-        kinds = sorted({type(m).__name__ for m in dense.values()})
-        shown = ", ".join(list(dense)[:4]) + (", ..." if len(dense) > 4 else "")
-        log.warning("%d weight(s), %.1f%% of the parameters, stay dense (of %s: %s): select them in "
-                    "extra_weights by name, glob pattern or module type%s", len(dense), 100 * share,
-                    ", ".join(kinds), shown, "; mask_depthwise=True masks depthwise convolutions"
-                    if any(is_depthwise(m) for m in dense.values()) else "")
-
-    def _log_dense_choice(self) -> None:
-        if self.config.method in UNMASKED:
-            return
-        capped = [n for n, d in self.initial_densities.items() if d >= 1.0 and n not in self.dense_layers]
-        if self.config.method in KERNEL_LEVEL:
-            kernelless = [n for n in capped if not has_kernels(self.weights[n].shape)]
-            capped = [n for n in capped if n not in kernelless]
-            log.info("dense by %s (no kernels; inside the density budget): %s", self.config.method,
-                     kernelless or "none")
-        log.info("dense by choice (outside the density budget): %s", list(self.dense_layers) or "none")
-        log.info("dense by the %s capping: %s", self.config.distribution, capped or "none")
+        density = self.initial_densities
+        return {name: random_mask(w.shape, active_count(density[name], w.numel()), self.generator)
+                for name, w in self.weights.items() if density[name] < 1.0}
 
     # -- the training-loop interface ----------------------------------------------------------
 
@@ -698,30 +486,9 @@ class Sparsity:
         if cfg.method == "pruning" and is_pruning_step(t, cfg.update_interval, self.t_start, self.t_end):
             self.prune(pruning_density(t, cfg.density, self.t_start, self.t_end))
             self.masks_changed = True  # pruning needs no gradient: the optimizer step still runs
-        if cfg.method != "snfs":
+        if self.masks_gradients(t):
             self.mask_gradients()
         return False
-
-    def wrap(self, optimizer: torch.optim.Optimizer | None = None) -> "SparseOptimizer":
-        """The optimizer as one whose step() runs the loop's lines: count the step, drop and grow or
-        mask the gradients, step unless replaced, re-apply the masks. For trainers that call
-        `optimizer.step()` themselves (Hugging Face Trainer, accelerate, Lightning). Gradients of
-        masked weights are also zeroed as backward writes them, so that clipping between backward and
-        step() sees the gradients the step uses; its state_dict() carries the masks."""
-        self.optimizer = self.optimizer or optimizer  # its state is reset where connections grow
-        if self.optimizer is None or optimizer not in (None, self.optimizer):
-            raise ValueError("wrap(optimizer): give the optimizer this Sparsity was built with")
-        if not self._gradient_hooks:
-            self._gradient_hooks = [w.register_post_accumulate_grad_hook(self._mask_gradient_hook(name))
-                                    for name, w in self.weights.items()]
-        return SparseOptimizer(self.optimizer, self)
-
-    def _mask_gradient_hook(self, name: str):
-        def mask_gradient(weight: torch.Tensor) -> None:
-            mask = self.masks.get(name)
-            if mask is not None and self.masks_gradients(self.step_count + 1):
-                weight.grad.mul_(mask)
-        return mask_gradient
 
     def masks_gradients(self, step: int) -> bool:
         """Whether training step `step` zeroes the gradients of masked weights: all but drop-and-grow
@@ -747,50 +514,35 @@ class Sparsity:
         for name, mask in self.masks.items():
             self.weights[name].mul_(mask)
 
+    def wrap(self, optimizer: torch.optim.Optimizer | None = None) -> SparseOptimizer:
+        """The optimizer as one whose step() runs these lines, for trainers that call
+        `optimizer.step()` themselves (Part II, "The wrapped optimizer")."""
+        return sparse_optimizer(self, optimizer)
+
     # -- the mask update ----------------------------------------------------------------------
 
     @torch.no_grad()
     def drop_and_grow(self, drop_fraction: float) -> None:
         """One drop-and-grow update of every sparse layer with drop fraction α_t."""
         if self.config.method in KERNEL_LEVEL:
-            return self.drop_and_grow_kernels(drop_fraction)
+            return drop_and_grow_kernels(self, drop_fraction)  # Part II
         before = self.active_counts()
         # k = floor(α_t · n_active)   (TF sparse_optimizers_base.py)
         n_drop = {name: math.floor(drop_fraction * n) for name, n in before.items()}
-        kept = {name: drop_mask(self.weights[name], self.masks[name], n_drop[name], self.generator, before[name])
-                for name in self.masks}
+        kept = {name: drop_mask(self.weights[name], mask, n_drop[name], self.generator, before[name])
+                for name, mask in self.masks.items()}
         n_grow = self._regrowth_counts(n_drop, kept)
         grown = 0
         for name in self.masks:
             new = grow_mask(self.grow_scores(name), kept[name], n_grow[name], self.generator)
             assert not (new & kept[name]).any(), "grown connections must come from the unkept"
             grown += self._replace_mask(name, kept[name] | new)
-        self._check_counts(before)
+        after = self.active_counts()
+        if self.config.method in REDISTRIBUTING:
+            assert sum(after.values()) == sum(before.values()), "redistribution keeps the global count"
+        else:
+            assert after == before, "an update must keep every layer's active count"
         self.last_update = {"step": self.step_count, "drop_fraction": drop_fraction, "grown": grown}
-
-    @torch.no_grad()
-    def drop_and_grow_kernels(self, drop_fraction: float) -> None:
-        """RigL-struct's update: drop the active kernels of smallest |mean w| and grow as many of the
-        largest |mean ∂L/∂w| over their taps, per layer (RR's struct-magnitude-mean pruning and
-        struct-absolute-gradient-mean growth)."""
-        before = self.kernel_counts()
-        grown = 0
-        for name, mask in self.masks.items():
-            weight = self.weights[name]
-            # k = floor(α_t · n_active kernels)
-            n_drop = math.floor(drop_fraction * before[name])
-            kept = drop_mask(kernel_scores(weight), kernels_of(mask), n_drop, self.generator, before[name])
-            new = grow_mask(kernel_scores(self.gradient(name)), kept, n_drop, self.generator)
-            assert not (new & kept).any(), "grown kernels must come from the unkept"
-            grown += self._replace_mask(name, kernel_mask(kept | new, weight.shape))
-        assert self.kernel_counts() == before, "an update must keep every layer's active kernel count"
-        self.last_update = {"step": self.step_count, "drop_fraction": drop_fraction, "grown": grown}
-
-    def kernel_counts(self) -> dict[str, int]:
-        """Every mask's number of active kernels; each kernel must be all on or all off."""
-        for name, mask in self.masks.items():
-            assert torch.equal(kernels_of(mask), mask.flatten(2).all(dim=-1)), f"{name}: a kernel is partly on"
-        return {name: int(torch.count_nonzero(kernels_of(mask))) for name, mask in self.masks.items()}
 
     def _regrowth_counts(self, n_drop: dict[str, int], kept: dict[str, torch.Tensor]) -> dict[str, int]:
         """RigL and SET regrow what each layer dropped. SNFS and RigL-SM redistribute the total
@@ -802,6 +554,15 @@ class Sparsity:
                  .abs()[mask].mean().item() for name, mask in self.masks.items()}
         capacity = {name: k.numel() - int(torch.count_nonzero(k)) for name, k in kept.items()}
         return redistribute(sum(n_drop.values()), score, capacity)
+
+    def grow_scores(self, name: str) -> torch.Tensor:
+        """RigL (and RigL-SG/SM): |∂L/∂w| of the dense weight; SET: uniform noise; SNFS: |momentum|."""
+        weight = self.weights[name]
+        if self.config.method == "set":
+            return torch.rand(weight.shape, generator=self.generator, device=weight.device)
+        if self.config.method == "snfs":
+            return self.momentum(name).abs()
+        return self.gradient(name).abs()
 
     @torch.no_grad()
     def prune(self, density: float) -> None:
@@ -815,15 +576,6 @@ class Sparsity:
         for name, kept in zip(names, keep):
             self._replace_mask(name, kept.view_as(self.masks[name]))
         self.last_update = {"step": self.step_count, "drop_fraction": 0.0, "grown": 0}
-
-    def grow_scores(self, name: str) -> torch.Tensor:
-        """RigL (and RigL-SG/SM): |∂L/∂w| of the dense weight; SET: uniform noise; SNFS: |momentum|."""
-        weight = self.weights[name]
-        if self.config.method == "set":
-            return torch.rand(weight.shape, generator=self.generator, device=weight.device)
-        if self.config.method == "snfs":
-            return self.momentum(name).abs()
-        return self.gradient(name).abs()
 
     def gradient(self, name: str) -> torch.Tensor:
         """∂L/∂w of the dense weight; a method that ranks it cannot do without it."""
@@ -876,18 +628,11 @@ class Sparsity:
         self.ever_active = {name: mask.clone() for name, mask in self.masks.items()}  # explored from here on
         self.apply_masks()
 
+    # -- inspection and checkpoints -----------------------------------------------------------
+
     def active_counts(self) -> dict[str, int]:
         """Every mask's number of active weights."""
         return {name: int(torch.count_nonzero(mask)) for name, mask in self.masks.items()}
-
-    def _check_counts(self, before: dict[str, int]) -> None:
-        after = self.active_counts()
-        if self.config.method in REDISTRIBUTING:
-            assert sum(after.values()) == sum(before.values()), "redistribution keeps the global count"
-        else:
-            assert after == before, "an update must keep every layer's active count"
-
-    # -- inspection and checkpoints -----------------------------------------------------------
 
     def layer_stats(self) -> list[dict]:
         """Per masked weight: name, shape, density, active and total weights, as masked now, and the
@@ -899,6 +644,10 @@ class Sparsity:
                          "active": active, "total": weight.numel(),
                          "explored": None if explored is None else explored[name] / weight.numel()})
         return rows
+
+    def densities(self) -> dict[str, float]:
+        """Every masked weight's density now (SNFS and RigL-SG/SM move them; pruning lowers them)."""
+        return {r["name"]: r["density"] for r in self.layer_stats()}
 
     def explored_counts(self) -> dict[str, int] | None:
         """Per masked weight, how many of its weights have been active at least once since the
@@ -912,15 +661,13 @@ class Sparsity:
     def exploration_rate(self) -> float | None:
         """In-time over-parameterisation rate (Liu et al., ICML 2021, arXiv:2102.02887): the fraction
         of all masked weights that were active at least once, R = Σ_l |ever active_l| / Σ_l n_l.
-        Static training keeps its density d; every regrown connection new to its layer raises it."""
+        Layers without a mask count whole, so static training's rate is its overall density: d, or
+        above d where layers stay dense outside the budget (uniform's first layer: 0.1004 for WRN-22-2
+        at d = 0.1). Every regrown connection new to its layer raises it."""
         explored = self.explored_counts()
         if explored is None:
             return None
         return sum(explored.values()) / sum(w.numel() for w in self.weights.values())
-
-    def densities(self) -> dict[str, float]:
-        """Every masked weight's density now (SNFS and RigL-SG/SM move them; pruning lowers them)."""
-        return {r["name"]: r["density"] for r in self.layer_stats()}
 
     def total_row(self) -> dict:
         """All masked weights together: name "total", active and total counts, overall density."""
@@ -941,9 +688,33 @@ class Sparsity:
         lines.append(f"  {'weight':<{width}}  {'shape':<16}  {'density':>7}  {'explored':>8}  active / total")
         for r in rows + [total]:
             explored = "n/a" if r["explored"] is None else f"{r['explored']:.4f}"
-            lines.append(f"  {r['name']:<{width}}  {str(r['shape']):<16}  {r['density']:7.4f}  {explored:>8}  "
-                         f"{r['active']:>11,} / {r['total']:,}")
+            lines.append(f"  {r['name']:<{width}}  {str(r['shape']):<16}  {r['density']:7.4f}  "
+                         f"{explored:>8}  {r['active']:>11,} / {r['total']:,}")
         return "\n".join(lines)
+
+    def state_dict(self) -> dict:
+        return {"step_count": self.step_count, "masks": {n: m.clone() for n, m in self.masks.items()},
+                "ever_active": {n: m.clone() for n, m in self.ever_active.items()},
+                "generator": self.generator.get_state(), "last_update": dict(self.last_update)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore state_dict(). Masks must be boolean, of these layers and shapes, and hold as many
+        active weights in all as this configuration does (but for pruning, whose count falls)."""
+        masks, ever_active = state["masks"], state["ever_active"]
+        for what, given in (("masks", masks), ("explored masks", ever_active)):
+            self._check_mask_shapes(what, given)
+        active = sum(int(torch.count_nonzero(m)) for m in masks.values())
+        expected = sum(self.active_counts().values())
+        if self.config.method != "pruning" and active != expected:
+            raise ValueError(f"the masks hold {active:,} active weights; this configuration keeps "
+                             f"{expected:,}")
+        for name, mask in masks.items():
+            self.masks[name] = mask.to(self.masks[name].device)
+            self.ever_active[name] = ever_active[name].to(self.masks[name].device) | self.masks[name]
+        self.step_count = state["step_count"]
+        self.generator.set_state(state["generator"].cpu())  # a trainer may have moved it
+        self.last_update = dict(state["last_update"])
+        self.apply_masks()
 
     def _check_mask_shapes(self, what: str, masks: dict[str, torch.Tensor]) -> None:
         """Boolean masks of exactly this model's sparse layers and shapes, or a ValueError."""
@@ -955,30 +726,290 @@ class Sparsity:
                 raise ValueError(f"{what[:-1]} {name} is {mask.dtype} of shape {tuple(mask.shape)}, expected "
                                  f"torch.bool of shape {tuple(self.masks[name].shape)}")
 
-    def state_dict(self) -> dict:
-        return {"step_count": self.step_count, "masks": {n: m.clone() for n, m in self.masks.items()},
-                "ever_active": {n: m.clone() for n, m in self.ever_active.items()},
-                "generator": self.generator.get_state(), "last_update": dict(self.last_update)}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore state_dict(). Masks must be boolean, of these layers and shapes, and hold as many
-        active weights in all as this configuration does (but for pruning, whose count falls). A
-        state saved before exploration was tracked takes its masks as all that was ever active."""
-        masks = state["masks"]
-        ever_active = state.get("ever_active", masks)
-        for what, given in (("masks", masks), ("explored masks", ever_active)):
-            self._check_mask_shapes(what, given)
-        active = sum(int(torch.count_nonzero(m)) for m in masks.values())
-        expected = sum(self.active_counts().values())
-        if self.config.method != "pruning" and active != expected:
-            raise ValueError(f"the masks hold {active:,} active weights; this configuration keeps {expected:,}")
-        for name, mask in masks.items():
-            self.masks[name] = mask.to(self.masks[name].device)
-            self.ever_active[name] = ever_active[name].to(self.masks[name].device) | self.masks[name]
-        self.step_count = state["step_count"]
-        self.generator.set_state(state["generator"].cpu())  # a trainer may have moved it
-        self.last_update = dict(state["last_update"])
-        self.apply_masks()
+# =============================================================================================
+# Part II. Beyond the paper: which weights carry masks on any model, RigL-struct, the wrapped
+# optimizer
+# =============================================================================================
+
+# ---------------------------------------------------------------------------------------------
+# Which weights carry masks: convolutions, Linear and Conv1D by default; more when selected
+# ---------------------------------------------------------------------------------------------
+
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+Selector = str | type
+"""How extra_weights and dense_layers pick weights: a weight's name, a module's name (its weights),
+a glob pattern over names ("*.in_proj_weight", "encoder.*.mlp.*"), or a module type (nn.LSTM)."""
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A depthwise convolution: one filter per input channel (groups == in_channels > 1)."""
+    return isinstance(module, CONVOLUTIONS) and module.groups == module.in_channels > 1
+
+
+def masked_by_default(module: nn.Module, depthwise: bool = False) -> bool:
+    """Every convolution (1-, 2- and 3-D, transposed too) and Linear, and Hugging Face's Conv1D (a
+    Linear with its weight transposed, known by its name and `nf`). Depthwise convolutions only when
+    `depthwise`: TF's MobileNet code never masks them, and at d = 0.1 many of their k·k filters
+    would keep no weight at all."""
+    if isinstance(module, CONVOLUTIONS):
+        return depthwise or not is_depthwise(module)
+    return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
+
+
+def model_weights(model: nn.Module) -> dict[str, tuple[nn.Parameter, nn.Module]]:
+    """Every parameter of ndim >= 2 under each of its names (a tied one under all of them), with
+    the module that holds it, in model order."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    return {name: (param, modules[name.rpartition(".")[0]])
+            for name, param in model.named_parameters(remove_duplicate=False) if param.ndim >= 2}
+
+
+def selects(selector: Selector, name: str, module: nn.Module | None) -> bool:
+    """Whether `selector` picks the weight `name` held by `module`: a type picks the weights of
+    its instances; a string matches the name, or the name of a module above it (globs allowed)."""
+    if isinstance(selector, type):
+        return isinstance(module, selector)
+    return fnmatch.fnmatchcase(name, selector) or fnmatch.fnmatchcase(name, f"{selector}.*")
+
+
+def select(selectors: tuple[Selector, ...], weights: dict[str, nn.Module | None], field: str,
+           among: str) -> list[str]:
+    """The names in `weights` (name -> module) that any selector picks, in their order. A selector
+    that picks none is an error naming the nearest candidates."""
+    picked = set()
+    for selector in selectors:
+        hits = {name for name, module in weights.items() if selects(selector, name, module)}
+        if not hits:
+            raise ValueError(f"{field}: {getattr(selector, '__name__', selector)!r} matches no {among}; "
+                             f"nearest: {near_candidates(selector, weights)}")
+        picked |= hits
+    return [name for name in weights if name in picked]
+
+
+def near_candidates(selector: Selector, weights: dict[str, nn.Module | None]) -> list[str]:
+    """What the user may have meant: the closest weight and module names, or the module types."""
+    if isinstance(selector, type):
+        return sorted({type(module).__name__ for module in weights.values() if module is not None})
+    names = list(weights) + sorted({name.rpartition(".")[0] for name in weights} - {""})
+    return difflib.get_close_matches(selector, names, n=6, cutoff=0.3) or names[:6]
+
+
+def masked_weights(model: nn.Module, extra: tuple[Selector, ...] = (),
+                   depthwise: bool = False) -> dict[str, nn.Parameter]:
+    """The weights that carry masks, in model order: those of `masked_by_default` modules and those
+    that `extra` selects, only those that train (requires_grad). A tied Parameter is masked once,
+    under the name that selected it: a name `extra` picks before a name picked by default."""
+    weights = model_weights(model)
+    named = set(select(extra, {n: m for n, (_, m) in weights.items()}, "extra_weights",
+                       "weight of the model (ndim >= 2)"))
+    default = {n for n, (_, module) in weights.items() if masked_by_default(module, depthwise)}
+    found, seen = set(), set()
+    for chosen in (named, default):
+        for name, (param, _) in weights.items():
+            if name in chosen and param.requires_grad and id(param) not in seen:
+                found.add(name)
+                seen.add(id(param))
+    return {name: param for name, (param, _) in weights.items() if name in found}
+
+
+def dense_parameters(model: nn.Module, masked: dict[str, nn.Parameter]) -> dict[str, str]:
+    """Every weight (ndim >= 2) that carries no mask, and why: frozen, tied to a masked one, a
+    depthwise convolution, or of a kind masked only when selected. Biases and norms never are."""
+    owner = {id(p): n for n, p in masked.items()}
+    reasons = {}
+    for name, (param, module) in model_weights(model).items():
+        if masked.get(name) is param:
+            continue
+        reasons[name] = ("frozen (requires_grad=False)" if not param.requires_grad
+                         else f"tied to {owner[id(param)]}, masked there" if id(param) in owner
+                         else "a depthwise convolution: mask_depthwise=True sparsifies it"
+                         if is_depthwise(module)
+                         else f"a {type(module).__name__} weight: select it in extra_weights to sparsify it")
+    return reasons
+
+
+def left_dense(model: nn.Module, masked: dict[str, nn.Parameter]) -> dict[str, nn.Module]:
+    """The trainable weights (ndim >= 2) that stay dense because of their module's type, each
+    Parameter once: the weights a user may not know are dense, with their modules."""
+    seen = {id(p) for p in masked.values()}
+    found = {}
+    for name, (param, module) in model_weights(model).items():
+        if param.requires_grad and id(param) not in seen:
+            found[name] = module
+            seen.add(id(param))
+    return found
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model under torch.compile's wrapper (`_orig_mod`) and (Distributed)DataParallel's
+    (`module`): the module whose parameter names the user writes."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def weight_aliases(model: nn.Module, weights: dict[str, nn.Parameter]) -> dict[str, tuple[str, nn.Module]]:
+    """Every name of a masked weight (a tied one has several) -> its masked name and its module."""
+    masked_name = {id(w): n for n, w in weights.items()}
+    return {n: (masked_name[id(p)], m) for n, (p, m) in model_weights(model).items() if id(p) in masked_name}
+
+
+def dense_layers_of(names: list[str], config: SparsityConfig,
+                    candidates: dict[str, tuple[str, nn.Module | None]] | None = None) -> tuple[str, ...]:
+    """The layers kept dense by choice: the masked weights that `config.dense_layers` selects, or
+    by default the first layer for uniform (TF, RR) and none for ER/ERK (their capping decides).
+    `candidates` maps every name of a masked weight to its masked name and module
+    (`weight_aliases`); without it, the masked names alone (no module types)."""
+    if config.dense_layers is None:  # RigL-struct masks the first convolution too (RR)
+        uniform = config.distribution == "uniform" and config.method not in KERNEL_LEVEL
+        return (names[0],) if uniform and names else ()
+    candidates = candidates or {n: (n, None) for n in names}
+    picked = select(config.dense_layers, {n: m for n, (_, m) in candidates.items()}, "dense_layers",
+                    "masked weight")
+    chosen = {candidates[n][0] for n in picked}
+    return tuple(n for n in names if n in chosen)
+
+
+def log_dense_weights(model: nn.Module, sparsity: Sparsity) -> None:
+    """What stays dense and why: each weight without a mask at INFO with its reason; one WARNING
+    for those left dense by their module's type (how many, their share of the parameters, how to
+    select them); and the masked weights dense by choice, by RigL-struct and by the capping."""
+    for name, reason in dense_parameters(model, sparsity.weights).items():
+        log.info("left dense: %s, %s", name, reason)
+    dense = left_dense(model, sparsity.weights)
+    if dense:
+        share = sum(model_weights(model)[n][0].numel() for n in dense) / sparsity.parameter_count
+        kinds = sorted({type(m).__name__ for m in dense.values()})
+        shown = ", ".join(list(dense)[:4]) + (", ..." if len(dense) > 4 else "")
+        log.warning("%d weight(s), %.1f%% of the parameters, stay dense (of %s: %s): select them in "
+                    "extra_weights by name, glob pattern or module type%s", len(dense), 100 * share,
+                    ", ".join(kinds), shown, "; mask_depthwise=True masks depthwise convolutions"
+                    if any(is_depthwise(m) for m in dense.values()) else "")
+    config = sparsity.config
+    if config.method in UNMASKED:
+        return
+    capped = [n for n, d in sparsity.initial_densities.items() if d >= 1.0 and n not in sparsity.dense_layers]
+    if config.method in KERNEL_LEVEL:
+        kernelless = [n for n in capped if not has_kernels(sparsity.weights[n].shape)]
+        capped = [n for n in capped if n not in kernelless]
+        log.info("dense by %s (no kernels; inside the density budget): %s", config.method,
+                 kernelless or "none")
+    log.info("dense by choice (outside the density budget): %s", list(sparsity.dense_layers) or "none")
+    log.info("dense by the %s capping: %s", config.distribution, capped or "none")
+
+
+# ---------------------------------------------------------------------------------------------
+# RigL-struct: whole k×k kernels on or off   (report's supplement, "Dynamic Structured Sparsity")
+# ---------------------------------------------------------------------------------------------
+
+
+def has_kernels(shape: torch.Size) -> bool:
+    """A convolution's weight, (n_out, n_in, k_1, ...): one kernel per (output, input) pair."""
+    return len(shape) > 2
+
+
+def kernel_level_densities(shapes: dict[str, torch.Size], config: SparsityConfig) -> dict[str, float]:
+    """RigL-struct: weights without kernels (Linear) dense, the convolutions at the density that
+    keeps the overall density d (RR's `_remove_fc_adjust_density`), spread by the distribution."""
+    convolutions = {name: s for name, s in shapes.items() if has_kernels(s)}
+    if not convolutions:
+        raise ValueError(f"{config.method} masks the kernels of convolutions, and no masked weight is one")
+    n_all = sum(math.prod(s) for s in shapes.values())
+    n_conv = sum(math.prod(s) for s in convolutions.values())
+    # d_conv = (d · N_all − N_dense) / N_conv, which never exceeds 1 for d <= 1
+    conv_density = (config.density * n_all - (n_all - n_conv)) / n_conv
+    if conv_density <= 0:
+        raise ValueError(f"{config.method} keeps {n_all - n_conv:,} non-convolution weights dense, more than "
+                         f"density {config.density:g} allows ({config.density * n_all:,.0f} active weights); "
+                         f"use a density above {(n_all - n_conv) / n_all:.4f}")
+    densities = distribution_densities(convolutions, conv_density, config)
+    return {name: densities.get(name, 1.0) for name in shapes}
+
+
+def kernel_mask(kernels: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """An (n_out, n_in) mask of kernels as a mask of the weight's shape: every tap of a kernel
+    on or off with it."""
+    taps = (1,) * (len(shape) - 2)
+    return kernels.view(*kernels.shape, *taps).expand(shape).contiguous()
+
+
+def random_kernel_mask(shape: torch.Size, density: float, generator: torch.Generator) -> torch.Tensor:
+    """A mask of whole kernels: exactly round(d · n_out · n_in) of them on (at least one), at random."""
+    kernels = shape[:2]
+    return kernel_mask(random_mask(kernels, active_count(density, math.prod(kernels)), generator), shape)
+
+
+def kernels_of(mask: torch.Tensor) -> torch.Tensor:
+    """The (n_out, n_in) kernel mask of a kernel-constant weight mask: a kernel is on if its taps are."""
+    return mask.flatten(2).any(dim=-1)
+
+
+def kernel_scores(tensor: torch.Tensor) -> torch.Tensor:
+    """|mean over a kernel's taps| of a weight or gradient, one score per (output, input) pair
+    (RR's struct-magnitude-mean and struct-absolute-gradient-mean: the mean is signed)."""
+    # s_oi = |(1 / k_h k_w) Σ_taps x_oi,tap|
+    return tensor.flatten(2).mean(dim=-1).abs()
+
+
+def kernel_counts(masks: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Every mask's number of active kernels; each kernel must be all on or all off."""
+    for name, mask in masks.items():
+        assert torch.equal(kernels_of(mask), mask.flatten(2).all(dim=-1)), f"{name}: a kernel is partly on"
+    return {name: int(torch.count_nonzero(kernels_of(mask))) for name, mask in masks.items()}
+
+
+@torch.no_grad()
+def drop_and_grow_kernels(sparsity: Sparsity, drop_fraction: float) -> None:
+    """RigL-struct's update, `Sparsity.drop_and_grow` for kernels: drop the active kernels of
+    smallest |mean w| and grow as many of the largest |mean ∂L/∂w| over their taps, per layer
+    (RR's struct-magnitude-mean pruning and struct-absolute-gradient-mean growth)."""
+    before = kernel_counts(sparsity.masks)
+    grown = 0
+    for name, mask in sparsity.masks.items():
+        weight = sparsity.weights[name]
+        # k = floor(α_t · n_active kernels)
+        n_drop = math.floor(drop_fraction * before[name])
+        kept = drop_mask(kernel_scores(weight), kernels_of(mask), n_drop, sparsity.generator, before[name])
+        new = grow_mask(kernel_scores(sparsity.gradient(name)), kept, n_drop, sparsity.generator)
+        assert not (new & kept).any(), "grown kernels must come from the unkept"
+        grown += sparsity._replace_mask(name, kernel_mask(kept | new, weight.shape))
+    assert kernel_counts(sparsity.masks) == before, "an update must keep every layer's active kernel count"
+    sparsity.last_update = {"step": sparsity.step_count, "drop_fraction": drop_fraction, "grown": grown}
+
+
+# ---------------------------------------------------------------------------------------------
+# The wrapped optimizer: the loop's lines inside step(), for trainers that call it themselves
+# ---------------------------------------------------------------------------------------------
+
+
+def sparse_optimizer(sparsity: Sparsity, optimizer: torch.optim.Optimizer | None = None) -> SparseOptimizer:
+    """`Sparsity.wrap`: the optimizer as one whose step() runs the loop's lines: count the step,
+    drop and grow or mask the gradients, step unless replaced, re-apply the masks. For trainers
+    that call `optimizer.step()` themselves (Hugging Face Trainer, accelerate, Lightning).
+    Gradients of masked weights are also zeroed as backward writes them, so that clipping between
+    backward and step() sees the gradients the step uses; its state_dict() carries the masks."""
+    sparsity.optimizer = sparsity.optimizer or optimizer  # its state is reset where connections grow
+    if sparsity.optimizer is None or optimizer not in (None, sparsity.optimizer):
+        raise ValueError("wrap(optimizer): give the optimizer this Sparsity was built with")
+    if not sparsity._gradient_hooks:
+        sparsity._gradient_hooks = [w.register_post_accumulate_grad_hook(mask_gradient_hook(sparsity, name))
+                                    for name, w in sparsity.weights.items()]
+    return SparseOptimizer(sparsity.optimizer, sparsity)
+
+
+def mask_gradient_hook(sparsity: Sparsity, name: str):
+    """A hook that zeroes the masked gradient of weight `name` as backward writes it, on the steps
+    whose gradients the loop masks (`Sparsity.masks_gradients`)."""
+    def mask_gradient(weight: torch.Tensor) -> None:
+        mask = sparsity.masks.get(name)
+        if mask is not None and sparsity.masks_gradients(sparsity.step_count + 1):
+            weight.grad.mul_(mask)
+    return mask_gradient
 
 
 class SparseOptimizer(torch.optim.Optimizer):
@@ -991,12 +1022,13 @@ class SparseOptimizer(torch.optim.Optimizer):
 
     _step_supports_amp_scaling = False  # GradScaler unscales before step(): the update ranks true gradients
 
-    def __init__(self, optimizer: torch.optim.Optimizer, sparsity: Sparsity):  # the state stays in `optimizer`
+    def __init__(self, optimizer: torch.optim.Optimizer, sparsity: Sparsity):  # state stays in `optimizer`
         self.optimizer, self.sparsity = optimizer, sparsity
 
     param_groups = property(lambda self: self.optimizer.param_groups,
                             lambda self, value: setattr(self.optimizer, "param_groups", value))
-    state = property(lambda self: self.optimizer.state, lambda self, value: setattr(self.optimizer, "state", value))
+    state = property(lambda self: self.optimizer.state,
+                     lambda self, value: setattr(self.optimizer, "state", value))
     defaults = property(lambda self: self.optimizer.defaults,
                         lambda self, value: setattr(self.optimizer, "defaults", value))
 
@@ -1039,6 +1071,6 @@ class SparseOptimizer(torch.optim.Optimizer):
         return f"SparseOptimizer({self.optimizer!r})"
 
 
-if __name__ == "__main__":  # python rigl.py train | flops | sweep | tune | reproduce | report | bench | export
+if __name__ == "__main__":  # python rigl.py train | flops | sweep | tune | reproduce | report | bench | ...
     import runpy
     runpy.run_module("rigl_harness", run_name="__main__")  # the command line, rigl_harness/cli.py

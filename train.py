@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 import flops
-from models import DATASET_SHAPES, build_model, small_dense_width
-from rigl import DROP_AND_GROW, REPORT_STEPS, UNMASKED, Sparsity, SparsityConfig, cosine_drop_fraction, masked_weights
+from flops import small_dense_width
+from models import DATASET_SHAPES, build_model
+from rigl import DROP_AND_GROW, UNMASKED, Sparsity, SparsityConfig, cosine_drop_fraction, masked_weights
 from rigl_harness import distributed, runs, terminal
 from rigl_harness.data import Data, batches, load_data, train_batch_count
 
@@ -134,6 +135,10 @@ class TrainConfig:
                 raise ValueError(f"lr_milestones must be fractions in (0, 1), got {self.lr_milestones}")
 
 
+REPORT_STEPS = 87_891
+"""Training steps of the report's CIFAR run: 250 epochs of 45,000 images at batch 128 (RR's count)."""
+
+
 def _every(interval: int, total: int = REPORT_STEPS) -> tuple[float, ...]:
     """Milestones 'every `interval` steps' of the report's run, as fractions of training."""
     return tuple(m / total for m in range(interval, total, interval))
@@ -188,11 +193,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 
 @dataclass(kw_only=True)
 class Run:
-    """Everything a training run holds; build_run makes it, and a checkpoint saves all of it
-    (rigl_harness/runs.py: checkpoint, restore)."""
+    """Everything a training run holds; build_run makes it, and state_dict() is its checkpoint:
+    load_state_dict() continues it as if it had never stopped."""
 
     cfg: TrainConfig  # resolved
-    sparse_cfg: SparsityConfig
+    sparse_cfg: SparsityConfig  # resolved (resolve_sparsity)
     data: Data
     device: torch.device
     model: nn.Module
@@ -214,11 +219,55 @@ class Run:
     history: list = dataclasses.field(default_factory=list)  # metrics.jsonl: one record per epoch
     layer_history: list = dataclasses.field(default_factory=list)  # densities.jsonl: at epoch 0 and after each
 
+    def state_dict(self) -> dict:
+        """Model, optimizer, lr schedule, masks, FLOP tally, every RNG state, epoch, step and history."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "sparsity": self.sparsity.state_dict(),
+                "data_rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "scaler": self.scaler.state_dict(), "flops": self.tally.state_dict(),
+                "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed,
+                "history": self.history, "layer_history": self.layer_history}
+
+    def load_state_dict(self, state: dict) -> None:
+        """The inverse of state_dict(); a checkpoint that does not fit is one line (runs.UsageError)."""
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.sparsity.load_state_dict(state["sparsity"])
+            self.generator.set_state(state["data_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            if state["cuda_rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            self.tally.load_state_dict(state["flops"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
+            self.history, self.layer_history = state["history"], state["layer_history"]
+        except (KeyError, RuntimeError, TypeError, ValueError) as error:
+            first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+            raise runs.UsageError(f"the checkpoint does not fit this run ({type(error).__name__}: {first_line})") from None
+        self.f_sparse = forward_flops(self)
+
+    def summary(self) -> dict:
+        """summary.json: final accuracies, the final masks, and the FLOPs actually spent (a training
+        ratio is relative to the dense model trained on the 1× schedule)."""
+        vals = [r["val_acc"] for r in self.history if r["val_acc"] is not None]
+        # dense training on the 1× schedule: 3 f_D per image (forward and two backward passes)
+        dense_1x = flops.sparse_train_flops(self.f_dense) * self.data.num_train * self.epoch / self.cfg.multiplier
+        return {"final_val_acc": self.history[-1]["val_acc"], "final_test_acc": self.history[-1]["test_acc"],
+                "best_val_acc": max(vals) if vals else None, "epochs": self.epoch, "steps": self.step,
+                "wall_time": round(self.elapsed, 3), "density": self.sparsity.total_row()["density"],
+                "explored": self.sparsity.exploration_rate(), "layers": self.sparsity.layer_stats(),
+                "train_flops": self.tally.total, "train_flops_ratio": self.tally.total / dense_1x,
+                "inference_flops": self.f_sparse, "inference_flops_ratio": self.f_sparse / self.f_dense,
+                "flops_convention": flops.CONVENTION}
+
 
 def build_run(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> Run:
-    """Data, model, optimizer, learning-rate schedule and masks of a resolved configuration."""
+    """Data, model, optimizer, learning-rate schedule and masks of resolved configurations: the
+    dataset's recipe (resolve_recipe) and the run's sources (resolve_sparsity), each resolved once."""
     device = distributed.pick_device(cfg.device)
-    sparse_cfg = resolve_sparsity(cfg, sparse_cfg)
     data = load_data(cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.val_size, cfg.seed, cfg.test_subset)
     torch.manual_seed(cfg.seed)
     width = small_dense_width(cfg.model, data.num_classes, sparse_cfg) if sparse_cfg.method == "small-dense" else 1.0
@@ -277,10 +326,8 @@ def check_sources(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> None:
 
 
 def resolve_sparsity(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> SparsityConfig:
-    """The SparsityConfig a run trains with: --densities-from's per-layer densities as layer_densities,
-    --match-flops's solved density. Resolve an asked-for configuration once: --match-flops would
-    solve again from the solved density (start_run resolves for config.json, build_run for training,
-    each from the configuration asked for)."""
+    """The SparsityConfig a run trains with, from the one asked for: --densities-from's per-layer
+    densities as layer_densities, --match-flops's solved density."""
     check_sources(cfg, sparse_cfg)
     if cfg.densities_from:
         layer_densities = runs.read_final_densities(Path(cfg.densities_from), cfg.model, cfg.dataset, sparse_cfg)
@@ -292,15 +339,15 @@ def resolve_sparsity(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> SparsityCo
     return sparse_cfg
 
 
-def run_config(cfg: TrainConfig, sparse_cfg: SparsityConfig) -> dict:
-    """config.json of a run asked for with these configurations: the resolved ones (resolve_sparsity),
-    and under "derived_from" what the masks, weights and density came from (runs.source_record)."""
-    config = runs.run_config(cfg, resolve_sparsity(cfg, sparse_cfg))
+def run_config(cfg: TrainConfig, asked: SparsityConfig, resolved: SparsityConfig) -> dict:
+    """config.json of a run: the resolved configurations, and under "derived_from" what the masks,
+    weights and density came from (runs.source_record; --match-flops's asked-for density)."""
+    config = runs.run_config(cfg, resolved)
     derived = {option: runs.source_record(Path(getattr(cfg, option)), "--" + option.replace("_", "-"),
                                           cfg.model, cfg.dataset)
                for option in ("masks_from", "densities_from", "init_from") if getattr(cfg, option)}
     if cfg.match_flops:
-        derived["match_flops"] = {"target": cfg.match_flops, "density": sparse_cfg.density}
+        derived["match_flops"] = {"target": cfg.match_flops, "density": asked.density}
     return {**config, "derived_from": derived} if derived else config
 
 
@@ -396,7 +443,16 @@ def train(run: Run, out: Path, console) -> dict:
                 show_progress(loss)
         run.epoch, run.elapsed = epoch, run.elapsed + time.perf_counter() - started
         end_epoch(run, out, console, losses, regrown)
-    return runs.finish(run, out)
+    return finish(run, out)
+
+
+def finish(run: Run, out: Path) -> dict:
+    """summary.json and the records it summarises, written by rank 0; every rank returns the summary."""
+    summary = run.summary()
+    if distributed.is_main_process():
+        runs.save_final(out, summary, run.history, run.layer_history)
+    distributed.wait_for_all()
+    return summary
 
 
 def micro_batches_in_step(i: int, accumulate: int, micro_batches: int) -> int:
@@ -439,10 +495,21 @@ def end_epoch(run: Run, out: Path, console, losses: list, regrown: int) -> None:
     run.layer_history.append({"epoch": run.epoch, "densities": run.sparsity.densities()})
     console.print(terminal.format_record(record), soft_wrap=True, highlight=False)
     if not math.isfinite(train_loss):  # the metrics line (train_loss null) is kept, not the checkpoint
-        raise runs.diverged(run, out, losses)
+        raise diverged(run, out, losses)
     distributed.check_ranks_agree(run.sparsity, run.epoch)
     if distributed.is_main_process():
-        runs.save_epoch(out, runs.checkpoint(run), run.history, run.layer_history)
+        runs.save_epoch(out, run.state_dict(), run.history, run.layer_history)
+
+
+def diverged(run: Run, out: Path, losses: list) -> runs.Diverged:
+    """The error that stops a run whose training loss is not finite, naming the first step that
+    diverged. Its metrics (train_loss null) are saved; its checkpoint stays the last good one."""
+    first = next(i for i, loss in enumerate(losses) if not torch.isfinite(loss))
+    step = run.step - run.steps_per_epoch + first // run.cfg.accumulate + 1
+    if distributed.is_main_process():
+        runs.save_records(out, run.history, run.layer_history)
+    kept = f"the checkpoint of epoch {run.epoch - 1} is kept" if run.epoch > 1 else "no epoch was saved"
+    return runs.Diverged(f"diverged at step {step}: the training loss is not finite; {kept} (try a lower --lr)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,8 +522,9 @@ def start_run(cfg: TrainConfig, sparse_cfg: SparsityConfig, out: Path, resume: b
     lock (under torchrun every process trains; rank 0 locks, prints and writes). resume=None (a
     sweep's or tune's cell) takes the directory as it is under the lock: a finished run of the same
     settings is returned untouched, a checkpoint resumed, anything else started."""
-    out, sparse_cfg = Path(out), replace(sparse_cfg, seed=cfg.seed)  # one seed for the run and its masks
-    config = run_config(cfg, sparse_cfg)
+    out, asked = Path(out), replace(sparse_cfg, seed=cfg.seed)  # one seed for the run and its masks
+    sparse_cfg = resolve_sparsity(cfg, asked)
+    config = run_config(cfg, asked, sparse_cfg)
     distributed.init(cfg.device)
     main = distributed.is_main_process()
     with runs.locked(out) if main else contextlib.nullcontext():
@@ -469,8 +537,7 @@ def start_run(cfg: TrainConfig, sparse_cfg: SparsityConfig, out: Path, resume: b
         run = build_run(cfg, sparse_cfg)
         console = console if main else terminal.silent_console()  # one rank speaks and writes
         if resume:
-            runs.restore(run, runs.load_checkpoint(out, run.device))
-            run.f_sparse = forward_flops(run)
+            run.load_state_dict(runs.load_checkpoint(out, run.device))
             console.print(f"resumed {out} at epoch {run.epoch}, step {run.step}")
         elif main:
             runs.start(out, config, run.model.state_dict())

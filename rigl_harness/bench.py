@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, NamedTuple, TypeVar
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 
 from models import DATASET_SHAPES, build_model
 from rigl import DROP_AND_GROW, Sparsity, SparsityConfig
+from rigl_harness.deploy import inference
+from rigl_harness.deploy.inference import interleaved
 
 
 class BenchModel(NamedTuple):
@@ -31,23 +33,6 @@ UNTIMED = {"small-dense": "its network is narrower, and bench builds the full wi
            "pruning": "its masks shrink on a schedule that a ΔT window does not sample",
            "lottery": "it needs a pruning run's masks, and bench would time a random static mask"}
 """Why bench refuses the other methods (dense is the baseline of every row)."""
-
-T = TypeVar("T")
-
-
-def interleaved(work: dict[str, Callable[[], T]], repeats: int, warmup: int = 0) -> dict[str, list[T]]:
-    """What each entry returns in each of `repeats` rounds. Every entry runs once a round, so
-    drifts of a shared machine hit all alike, and each round starts one entry further on, so no
-    entry always follows the same one. `warmup` rounds run first and are not kept."""
-    for _ in range(warmup):
-        for call in work.values():
-            call()
-    names, results = list(work), {name: [] for name in work}
-    for round_ in range(repeats):
-        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-            results[name].append(work[name]())
-    return results
-
 
 def make_sparsity(model: nn.Module, optimizer: torch.optim.Optimizer, method: str, density: float,
                   update_interval: int) -> Sparsity:
@@ -149,4 +134,70 @@ def print_table(rows: list[dict], device: torch.device, update_interval: int, re
                       f"{r['step_ratio']:.3f}", "-" if r["update_s"] is None else f"{1000 * r['update_s']:.1f}",
                       "-" if r["update_vs_step"] is None else f"{r['update_vs_step']:.2f}",
                       "-" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:,.0f}")
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------
+# python rigl.py bench --inference
+# ---------------------------------------------------------------------------------------------
+
+
+def initial_masks(model: nn.Module, density: float, distribution: str) -> dict[str, torch.Tensor]:
+    """A static sparse model's masks at d: rigl's initial allocation under `distribution`."""
+    config = SparsityConfig(method="static", density=density, distribution=distribution)
+    return Sparsity(model, None, config, total_steps=1).masks
+
+
+def bench_inference(density: float = SparsityConfig.density, threads: int = 1, repeats: int = 5,
+                    names: tuple[str, ...] = tuple(MODELS),
+                    distributions: tuple[str, ...] = ("erk", "uniform")) -> list[dict]:
+    """WRN-22-2 (CIFAR shapes) and ResNet-50 (ImageNet shapes) under each distribution's masks at
+    d, at batch 1 and the model's inference batch (MODELS): compare_inference's rows. The
+    weights are a fresh initialisation (seed 0): the time of a sparse kernel depends on where the
+    zeros are, not on the values."""
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise ValueError(f"bench --inference models are {', '.join(MODELS)}, got {unknown[0]!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    entries, batches = [], {}
+    for name in names:
+        classes, size = DATASET_SHAPES[MODELS[name].dataset]
+        for distribution in distributions:
+            torch.manual_seed(0)
+            model = build_model(name, classes).eval()
+            label = f"{name} {distribution}"
+            entries.append((label, model, initial_masks(model, density, distribution), size))
+            batches[label] = [1, MODELS[name].inference_batch]
+    return inference.compare_inference(entries, batches, threads, repeats)
+
+
+def print_inference(rows: list[dict], repeats: int, console, layers: bool = False) -> None:
+    """compare_inference's rows as a rich table (and, with `layers`, each per-layer choice)."""
+    from rich.table import Table
+    threads = rows[0]["threads"] if rows else "?"
+    table = Table("model", "batch", "variant", "ms", "× dense eager", "max rel. diff", "sparse layers",
+                  title=f"CPU inference, {threads} thread(s), median of {repeats} interleaved rounds "
+                        f"(< 1 is faster than dense eager)")
+    for r in rows:
+        table.add_row(r["model"], str(r["batch"]), r["variant"], f"{r['ms']:.2f}", f"{r['ratio']:.3f}",
+                      f"{r['max_rel_diff']:.1e}", r["sparse_layers"])
+    console.print(table)
+    for r in rows if layers else []:
+        if r["layers"]:
+            print_layers(r["layers"], f"{r['model']}, batch {r['batch']}: per-layer choice", console)
+
+
+def print_layers(layers: list[dict], title: str, console) -> None:
+    """sparsify_for_inference's rows as a rich table."""
+    from rich.table import Table
+    table = Table("layer", "weight", "input", "density", "dense ms", "sparse ms", "kernel", "speedup",
+                  "sparse?", title=title)
+    for r in layers:
+        table.add_row(r["name"], str(r["shape"]), str(r["input"]), f"{r['density']:.3f}",
+                      f"{r['dense_ms']:.3f}", "-" if r["sparse_ms"] is None else f"{r['sparse_ms']:.3f}",
+                      r["kernel"] or "-", "-" if r["speedup"] is None else f"{r['speedup']:.2f}",
+                      "yes" if r["chosen"] else "no")
     console.print(table)

@@ -22,35 +22,33 @@ except ModuleNotFoundError as error:
 import flops
 from rigl import Distribution, Method, SparsityConfig
 from rigl_harness import bench, report, runs, studies, sweep, terminal, tune
-from rigl_harness.deploy import export, inference
+from rigl_harness.deploy import export
 from rigl_harness.distributed import pick_device
 from rigl_harness.options import comma_separated, configs_from_options, help_of
-from train import Dataset, Precision, TrainConfig, resolve_recipe, start_run
+from rigl_harness.tune import TuneSettings
+from train import REPORT_STEPS, Dataset, Precision, TrainConfig, resolve_recipe, start_run
 
-S, T = SparsityConfig, TrainConfig  # their fields' defaults are the options' defaults
-
-
-def s_(field: str, **extra) -> typer.Option:
+def sparsity_option(field: str, **extra) -> typer.Option:
     """The option of a SparsityConfig field, its docstring as help."""
     return typer.Option(help=help_of(SparsityConfig, field), **extra)
 
 
-def t_(field: str, **extra) -> typer.Option:
+def train_option(field: str, **extra) -> typer.Option:
     """The option of a TrainConfig field, its docstring as help."""
     return typer.Option(help=help_of(TrainConfig, field), **extra)
 
 
 # The options that several commands share, one declaration each.
-MethodOption = Annotated[Method, s_("method")]
-DensityOption = Annotated[float, s_("density")]
-DistributionOption = Annotated[Distribution, s_("distribution")]
-IntervalOption = Annotated[int, s_("update_interval")]
-DenseLayersOption = Annotated[Optional[str], s_("dense_layers", metavar="A,B")]
-ModelOption = Annotated[Optional[str], t_("model")]
-DatasetOption = Annotated[Dataset, t_("dataset")]
-MultiplierOption = Annotated[float, t_("multiplier")]
-DeviceOption = Annotated[str, t_("device")]
-MatchFlopsOption = Annotated[Optional[Literal["uniform"]], t_("match_flops")]
+MethodOption = Annotated[Method, sparsity_option("method")]
+DensityOption = Annotated[float, sparsity_option("density")]
+DistributionOption = Annotated[Distribution, sparsity_option("distribution")]
+IntervalOption = Annotated[int, sparsity_option("update_interval")]
+DenseLayersOption = Annotated[Optional[str], sparsity_option("dense_layers", metavar="A,B")]
+ModelOption = Annotated[Optional[str], train_option("model")]
+DatasetOption = Annotated[Dataset, train_option("dataset")]
+MultiplierOption = Annotated[float, train_option("multiplier")]
+DeviceOption = Annotated[str, train_option("device")]
+MatchFlopsOption = Annotated[Optional[Literal["uniform"]], train_option("match_flops")]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="RigL and its baselines: `python rigl.py train --density 0.1`.")
@@ -72,46 +70,47 @@ def main() -> None:
 
 @app.command("train")
 def train_command(
-    method: MethodOption = S.method,
-    density: DensityOption = S.density,
-    distribution: DistributionOption = S.distribution,
-    erk_power_scale: Annotated[float, s_("erk_power_scale")] = S.erk_power_scale,
-    drop_fraction: Annotated[float, s_("drop_fraction")] = S.drop_fraction,
-    update_interval: IntervalOption = S.update_interval,
-    t_end: Annotated[float, s_("t_end")] = S.t_end,
-    t_start: Annotated[float, s_("t_start")] = S.t_start,
-    dense_layers: DenseLayersOption = S.dense_layers,
-    layer_densities: Annotated[Optional[str], s_("layer_densities", metavar="NAME=D,...")] = None,
-    model: ModelOption = T.model,
-    dataset: DatasetOption = T.dataset,
-    data_dir: Annotated[str, t_("data_dir")] = T.data_dir,
-    epochs: Annotated[Optional[int], t_("epochs")] = T.epochs,
-    multiplier: MultiplierOption = T.multiplier,
-    batch_size: Annotated[Optional[int], t_("batch_size")] = T.batch_size,
-    lr: Annotated[Optional[float], t_("lr")] = T.lr,
-    momentum: Annotated[float, t_("momentum")] = T.momentum,
-    weight_decay: Annotated[Optional[float], t_("weight_decay")] = T.weight_decay,
-    label_smoothing: Annotated[Optional[float], t_("label_smoothing")] = T.label_smoothing,
-    warmup: Annotated[Optional[float], t_("warmup")] = T.warmup,
-    lr_milestones: Annotated[Optional[str], t_("lr_milestones", metavar="A,B")] = T.lr_milestones,
-    lr_gamma: Annotated[Optional[float], t_("lr_gamma")] = T.lr_gamma,
-    val_size: Annotated[int, t_("val_size")] = T.val_size,
-    train_subset: Annotated[int, t_("train_subset")] = T.train_subset,
-    test_subset: Annotated[int, t_("test_subset")] = T.test_subset,
-    seed: Annotated[int, t_("seed")] = T.seed,
-    device: DeviceOption = T.device,
-    precision: Annotated[Precision, t_("precision")] = T.precision,
-    accumulate: Annotated[int, t_("accumulate")] = T.accumulate,
-    workers: Annotated[int, t_("workers")] = T.workers,
-    masks_from: Annotated[Optional[str], t_("masks_from", metavar="RUN_DIR")] = T.masks_from,
-    densities_from: Annotated[Optional[str], t_("densities_from", metavar="RUN_DIR")] = T.densities_from,
-    init_from: Annotated[Optional[str], t_("init_from", metavar="RUN_DIR")] = T.init_from,
-    match_flops: MatchFlopsOption = T.match_flops,
+    ctx: typer.Context,
+    method: MethodOption = SparsityConfig.method,
+    density: DensityOption = SparsityConfig.density,
+    distribution: DistributionOption = SparsityConfig.distribution,
+    erk_power_scale: Annotated[float, sparsity_option("erk_power_scale")] = SparsityConfig.erk_power_scale,
+    drop_fraction: Annotated[float, sparsity_option("drop_fraction")] = SparsityConfig.drop_fraction,
+    update_interval: IntervalOption = SparsityConfig.update_interval,
+    t_end: Annotated[float, sparsity_option("t_end")] = SparsityConfig.t_end,
+    t_start: Annotated[float, sparsity_option("t_start")] = SparsityConfig.t_start,
+    dense_layers: DenseLayersOption = SparsityConfig.dense_layers,
+    layer_densities: Annotated[Optional[str], sparsity_option("layer_densities", metavar="NAME=D,...")] = None,
+    model: ModelOption = TrainConfig.model,
+    dataset: DatasetOption = TrainConfig.dataset,
+    data_dir: Annotated[str, train_option("data_dir")] = TrainConfig.data_dir,
+    epochs: Annotated[Optional[int], train_option("epochs")] = TrainConfig.epochs,
+    multiplier: MultiplierOption = TrainConfig.multiplier,
+    batch_size: Annotated[Optional[int], train_option("batch_size")] = TrainConfig.batch_size,
+    lr: Annotated[Optional[float], train_option("lr")] = TrainConfig.lr,
+    momentum: Annotated[float, train_option("momentum")] = TrainConfig.momentum,
+    weight_decay: Annotated[Optional[float], train_option("weight_decay")] = TrainConfig.weight_decay,
+    label_smoothing: Annotated[Optional[float], train_option("label_smoothing")] = TrainConfig.label_smoothing,
+    warmup: Annotated[Optional[float], train_option("warmup")] = TrainConfig.warmup,
+    lr_milestones: Annotated[Optional[str], train_option("lr_milestones", metavar="A,B")] = TrainConfig.lr_milestones,
+    lr_gamma: Annotated[Optional[float], train_option("lr_gamma")] = TrainConfig.lr_gamma,
+    val_size: Annotated[int, train_option("val_size")] = TrainConfig.val_size,
+    train_subset: Annotated[int, train_option("train_subset")] = TrainConfig.train_subset,
+    test_subset: Annotated[int, train_option("test_subset")] = TrainConfig.test_subset,
+    seed: Annotated[int, train_option("seed")] = TrainConfig.seed,
+    device: DeviceOption = TrainConfig.device,
+    precision: Annotated[Precision, train_option("precision")] = TrainConfig.precision,
+    accumulate: Annotated[int, train_option("accumulate")] = TrainConfig.accumulate,
+    workers: Annotated[int, train_option("workers")] = TrainConfig.workers,
+    masks_from: Annotated[Optional[str], train_option("masks_from", metavar="RUN_DIR")] = TrainConfig.masks_from,
+    densities_from: Annotated[Optional[str], train_option("densities_from", metavar="RUN_DIR")] = TrainConfig.densities_from,
+    init_from: Annotated[Optional[str], train_option("init_from", metavar="RUN_DIR")] = TrainConfig.init_from,
+    match_flops: MatchFlopsOption = TrainConfig.match_flops,
     out: Annotated[Optional[str], typer.Option(help="Run directory. Default: runs/<dataset>-<model>-<method>-<distribution>-d<density>-s<seed>.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
 ) -> None:
     """Train; the defaults are the report's CIFAR-10 WRN-22-2 RigL (ERK) run."""
-    train_run(dict(locals()))
+    train_run(ctx.params)
 
 
 def train_run(options: dict) -> None:
@@ -137,28 +136,29 @@ def train_run(options: dict) -> None:
 
 @app.command("flops")
 def flops_command(
-    method: MethodOption = S.method,
-    density: DensityOption = S.density,
-    distribution: DistributionOption = S.distribution,
-    update_interval: IntervalOption = S.update_interval,
-    dense_layers: DenseLayersOption = S.dense_layers,
-    model: ModelOption = T.model,
-    dataset: DatasetOption = T.dataset,
-    multiplier: MultiplierOption = T.multiplier,
-    match_flops: MatchFlopsOption = T.match_flops,
+    method: MethodOption = SparsityConfig.method,
+    density: DensityOption = SparsityConfig.density,
+    distribution: DistributionOption = SparsityConfig.distribution,
+    update_interval: IntervalOption = SparsityConfig.update_interval,
+    dense_layers: DenseLayersOption = SparsityConfig.dense_layers,
+    model: ModelOption = TrainConfig.model,
+    dataset: DatasetOption = TrainConfig.dataset,
+    multiplier: MultiplierOption = TrainConfig.multiplier,
+    match_flops: MatchFlopsOption = TrainConfig.match_flops,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """FLOPs of a model at a density: per layer, inference, training per step, and Table 2's
     columns for every method (paper convention: multiplies and adds counted separately)."""
     console = terminal.make_console()
     with terminal.user_errors(console):
-        cfg = resolve_recipe(T(model=model, dataset=dataset, multiplier=multiplier, match_flops=match_flops))
-        sparse_cfg = S(method=method, density=density, distribution=distribution, update_interval=update_interval,
-                       dense_layers=comma_separated(dense_layers, str))
+        cfg = resolve_recipe(TrainConfig(model=model, dataset=dataset, multiplier=multiplier, match_flops=match_flops))
+        sparse_cfg = SparsityConfig(method=method, density=density, distribution=distribution,
+                                    update_interval=update_interval, dense_layers=comma_separated(dense_layers, str))
         counted = flops.counted_model(cfg.model, dataset)
         matched = flops.matching_density(cfg.model, dataset, sparse_cfg, match_flops, counted) if match_flops else density
-        result = flops.method_flops(cfg.model, dataset, replace(sparse_cfg, density=matched), multiplier, counted)
-        result["methods"] = flops.table2_columns(cfg.model, dataset, replace(sparse_cfg, density=matched), multiplier)
+        at = replace(sparse_cfg, density=matched)  # pruning's density averaged along the report's run
+        result = flops.method_flops(cfg.model, dataset, at, multiplier, counted, REPORT_STEPS)
+        result["methods"] = flops.table2_columns(cfg.model, dataset, at, multiplier, REPORT_STEPS)
         result["density"], result["match_flops"] = matched, match_flops and {"target": match_flops, "density": density}
     if json_output:
         print(json.dumps(result))
@@ -195,13 +195,13 @@ def train_options_of(ctx: typer.Context, reserved: set[str], hint: str) -> dict:
 def sweep_command(
     ctx: typer.Context,
     root: Annotated[str, typer.Argument(help="Directory that receives one run directory per cell (give it first).")],
-    methods: Annotated[str, typer.Option(help="Comma-separated values of --method.")] = S.method,
-    densities: Annotated[str, typer.Option(help="Comma-separated values of --density.")] = str(S.density),
-    distributions: Annotated[str, typer.Option(help="Comma-separated values of --distribution.")] = S.distribution,
-    seeds: Annotated[str, typer.Option(help="Comma-separated values of --seed.")] = str(T.seed),
-    multipliers: Annotated[str, typer.Option(help="Comma-separated values of --multiplier.")] = str(T.multiplier),
-    drop_fractions: Annotated[str, typer.Option(help="Comma-separated values of --drop-fraction (α).")] = str(S.drop_fraction),
-    update_intervals: Annotated[str, typer.Option(help="Comma-separated values of --update-interval (ΔT).")] = str(S.update_interval),
+    methods: Annotated[str, typer.Option(help="Comma-separated values of --method.")] = SparsityConfig.method,
+    densities: Annotated[str, typer.Option(help="Comma-separated values of --density.")] = str(SparsityConfig.density),
+    distributions: Annotated[str, typer.Option(help="Comma-separated values of --distribution.")] = SparsityConfig.distribution,
+    seeds: Annotated[str, typer.Option(help="Comma-separated values of --seed.")] = str(TrainConfig.seed),
+    multipliers: Annotated[str, typer.Option(help="Comma-separated values of --multiplier.")] = str(TrainConfig.multiplier),
+    drop_fractions: Annotated[str, typer.Option(help="Comma-separated values of --drop-fraction (α).")] = str(SparsityConfig.drop_fraction),
+    update_intervals: Annotated[str, typer.Option(help="Comma-separated values of --update-interval (ΔT).")] = str(SparsityConfig.update_interval),
     lrs: Annotated[str, typer.Option(help="Comma-separated values of --lr; empty: the dataset's recipe.")] = "",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and their state; train nothing.")] = False,
 ) -> None:
@@ -209,10 +209,10 @@ def sweep_command(
     finished cells are skipped and an interrupted one resumes, so a killed sweep restarts where
     it stopped. Several sweeps on one ROOT split the grid: a cell another process is training is
     skipped. Every other `train` option (python rigl.py train --help) applies to all cells."""
-    grid_options, console = dict(locals()), terminal.make_console()
+    console = terminal.make_console()
     with terminal.user_errors(console, lambda: "interrupted: rerun the same sweep to continue where it stopped"):
         options = train_options_of(ctx, SWEEP_SETS, "use its grid options (--methods, --densities, --seeds, ...)")
-        grid = sweep.parse_grid(grid_options)
+        grid = sweep.parse_grid(ctx.params)
         empty = [axis for axis, values in grid.items() if not values]
         if empty:
             raise ValueError(f"--{empty[0].replace('_', '-')} needs at least one value")
@@ -223,22 +223,19 @@ def sweep_command(
 # tune: the report's α/ΔT search, Table 4 (tune.py)
 # ---------------------------------------------------------------------------------------------
 
-TS = tune.TuneSettings
-
-
 @app.command("tune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def tune_command(
     ctx: typer.Context,
     root: Annotated[str, typer.Argument(help="Directory of the studies' run directories, tune.journal and Table 4 (give it first).")],
-    density: DensityOption = S.density,
-    distribution: DistributionOption = S.distribution,
-    method: MethodOption = S.method,
-    trials: Annotated[int, typer.Option(help=help_of(TS, "trials"))] = TS.trials,
-    seeds: Annotated[str, typer.Option(help=help_of(TS, "seeds"))] = ",".join(map(str, TS.seeds)),
-    alpha_range: Annotated[str, typer.Option(help=help_of(TS, "alpha_range"), metavar="LOW,HIGH")] = ",".join(map(str, TS.alpha_range)),
-    interval_range: Annotated[str, typer.Option(help=help_of(TS, "interval_range"), metavar="LOW,HIGH,STEP")] = ",".join(map(str, TS.interval_range)),
-    startup_trials: Annotated[int, typer.Option(help=help_of(TS, "startup_trials"))] = TS.startup_trials,
-    sampler_seed: Annotated[int, typer.Option(help=help_of(TS, "sampler_seed"))] = TS.sampler_seed,
+    density: DensityOption = SparsityConfig.density,
+    distribution: DistributionOption = SparsityConfig.distribution,
+    method: MethodOption = SparsityConfig.method,
+    trials: Annotated[int, typer.Option(help=help_of(TuneSettings, "trials"))] = TuneSettings.trials,
+    seeds: Annotated[str, typer.Option(help=help_of(TuneSettings, "seeds"))] = ",".join(map(str, TuneSettings.seeds)),
+    alpha_range: Annotated[str, typer.Option(help=help_of(TuneSettings, "alpha_range"), metavar="LOW,HIGH")] = ",".join(map(str, TuneSettings.alpha_range)),
+    interval_range: Annotated[str, typer.Option(help=help_of(TuneSettings, "interval_range"), metavar="LOW,HIGH,STEP")] = ",".join(map(str, TuneSettings.interval_range)),
+    startup_trials: Annotated[int, typer.Option(help=help_of(TuneSettings, "startup_trials"))] = TuneSettings.startup_trials,
+    sampler_seed: Annotated[int, typer.Option(help=help_of(TuneSettings, "sampler_seed"))] = TuneSettings.sampler_seed,
     storage: Annotated[Optional[str], typer.Option(help="An Optuna RDB URL (postgresql://user:password@host/db, mysql://...) for workers on several machines. Default: ROOT/tune.journal.")] = None,
 ) -> None:
     """Search α and ΔT with TPE for one (method, distribution, density), the objective the mean
@@ -264,7 +261,7 @@ def tune_settings(trials: int, seeds: str, alpha_range: str, interval_range: str
         raise ValueError("--seeds takes integers, --alpha-range LOW,HIGH and --interval-range LOW,HIGH,STEP numbers") from None
     if len(alphas) != 2 or len(intervals) != 3:
         raise ValueError("--alpha-range takes LOW,HIGH and --interval-range LOW,HIGH,STEP")
-    return tune.TuneSettings(trials, seed_list, alphas, intervals, startup_trials, sampler_seed)
+    return TuneSettings(trials, seed_list, alphas, intervals, startup_trials, sampler_seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,11 +339,11 @@ def report_command(root: Annotated[str, typer.Argument(help="Directory holding f
 def bench_command(
     models: Annotated[str, typer.Option(help="Comma-separated: wrn-22-2 (CIFAR shapes), resnet50 (ImageNet shapes).")] = ",".join(bench.MODELS),
     methods: Annotated[str, typer.Option(help="Comma-separated sparse methods, each timed beside dense.")] = "static,set,rigl,snfs",
-    density: DensityOption = S.density,
-    update_interval: Annotated[int, typer.Option(help="ΔT: steps per timed window, one of them a mask update.")] = S.update_interval,
+    density: DensityOption = SparsityConfig.density,
+    update_interval: Annotated[int, typer.Option(help="ΔT: steps per timed window, one of them a mask update.")] = SparsityConfig.update_interval,
     batch_size: Annotated[int, typer.Option(help="Batch; 0 = 128 for wrn-22-2, 32 for resnet50.")] = 0,
     repeats: Annotated[int, typer.Option(help="Rounds of dense and every method in turn; the median is kept.")] = 3,
-    device: DeviceOption = T.device,
+    device: DeviceOption = TrainConfig.device,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
     inference: Annotated[bool, typer.Option("--inference", help="Time CPU inference instead: dense, channels_last, per-layer sparse kernels, ONNX Runtime (rigl_harness/deploy/inference.py).")] = False,
     threads: Annotated[int, typer.Option(help="--inference: CPU threads.")] = 1,
@@ -373,11 +370,11 @@ def bench_inference(density: float, repeats: int, threads: int, layers: bool, js
     """bench --inference: WRN-22-2 and ResNet-50 at d with ERK and uniform masks, timed by
     deploy/inference.py in one process."""
     with terminal.user_errors(console):
-        rows = inference.bench_inference(density, threads=threads, repeats=repeats)
+        rows = bench.bench_inference(density, threads=threads, repeats=repeats)
     if json_output:
         print(json.dumps({"density": density, "threads": threads, "repeats": repeats, "rows": rows}))
     else:
-        inference.print_inference(rows, repeats, console, layers=layers)
+        bench.print_inference(rows, repeats, console, layers=layers)
 
 
 @app.command("export")

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import torch
 
-from flops import CONVENTION, sparse_train_flops
 from rigl import UNMASKED
-from rigl_harness import distributed
 
 
 def run_config(cfg, sparse_cfg) -> dict:
@@ -109,14 +107,6 @@ MAY_DIFFER = ("device", "data_dir", "workers")
 """Settings that do not change a run's numbers: where it runs and where its data lie."""
 
 
-ADDED_LATER = {"mask_depthwise": False, "layer_densities": None, "masks_from": None, "densities_from": None,
-               "init_from": None, "match_flops": None, "test_subset": 0}
-"""Fields added after runs were written, with the value those runs trained with."""
-RENAMED = {"masks_from": "mask_from", "init_from": "mask_from"}
-"""Fields that older runs saved under another name: lottery's --mask-from gave both its masks and
-its initial weights."""
-
-
 def may_differ(train: dict) -> tuple[str, ...]:
     """MAY_DIFFER of a run's train section. On ImageNet --workers changes the numbers: each
     DataLoader worker augments with its own random stream, so 1 and 2 workers train differently."""
@@ -125,17 +115,11 @@ def may_differ(train: dict) -> tuple[str, ...]:
 
 def config_differences(saved: dict, now: dict) -> list[str]:
     """Fields that differ between a saved run and the one asked for, but those that may_differ; a
-    field the saved run predates counts as the value it trained with (ADDED_LATER)."""
+    field the saved run lacks differs."""
     free = may_differ(now["train"])
-
-    def saved_value(section, key):
-        values = saved.get(section, {})
-        if key not in values and RENAMED.get(key) in values:
-            return values[RENAMED[key]]
-        return values.get(key, ADDED_LATER.get(key))
-    return [f"{key} (run has {saved_value(section, key)!r}, asked for {value!r})"
+    return [f"{key} (run has {saved.get(section, {}).get(key)!r}, asked for {value!r})"
             for section in ("train", "sparsity") for key, value in now[section].items()
-            if key not in free and saved_value(section, key) != value]
+            if key not in free and saved.get(section, {}).get(key) != value]
 
 
 def read_config(out: Path) -> tuple[dict, dict]:
@@ -198,17 +182,6 @@ def save_records(out: Path, metrics: list[dict], densities: list[dict]) -> None:
     """metrics.jsonl and densities.jsonl, strict JSON: a number that is not finite is refused."""
     for name, records in (("metrics.jsonl", metrics), ("densities.jsonl", densities)):
         write_text(out / name, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
-
-
-def diverged(run, out: Path, losses: list) -> Diverged:
-    """The error that stops a run whose training loss is not finite, naming the first step that
-    diverged. Its metrics (train_loss null) are saved; its checkpoint stays the last good one."""
-    first = next(i for i, loss in enumerate(losses) if not torch.isfinite(loss))
-    step = run.step - run.steps_per_epoch + first // run.cfg.accumulate + 1
-    if distributed.is_main_process():
-        save_records(out, run.history, run.layer_history)
-    kept = f"the checkpoint of epoch {run.epoch - 1} is kept" if run.epoch > 1 else "no epoch was saved"
-    return Diverged(f"diverged at step {step}: the training loss is not finite; {kept} (try a lower --lr)")
 
 
 def load_torch(path: Path, what: str, advice: str, device: torch.device | str = "cpu"):
@@ -306,67 +279,8 @@ def source_record(source: Path, option: str, model: str, dataset: str) -> dict:
             "distribution": sparse.get("distribution"), "density": sparse.get("density")}
 
 
-# ---------------------------------------------------------------------------------------------
-# What a checkpoint and a summary hold of a Run
-# ---------------------------------------------------------------------------------------------
-
-
-def checkpoint(run) -> dict:
-    """Of a train.Run: model, optimizer, lr schedule, masks, FLOP tally, every RNG state, epoch, step and history."""
-    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(), "sparsity": run.sparsity.state_dict(),
-            "data_rng": run.generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "scaler": run.scaler.state_dict(), "flops": run.tally.state_dict(),
-            "epoch": run.epoch, "step": run.step, "elapsed": run.elapsed,
-            "history": run.history, "layer_history": run.layer_history}
-
-
-def restore(run, state: dict) -> None:
-    """The inverse of checkpoint(): the run continues as if it had never stopped."""
-    try:
-        restore_state(run, state)
-    except (KeyError, RuntimeError, TypeError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-        raise UsageError(f"the checkpoint does not fit this run ({type(error).__name__}: {first_line})") from None
-
-
-def restore_state(run, state: dict) -> None:
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.sparsity.load_state_dict(state["sparsity"])
-    run.generator.set_state(state["data_rng"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    run.tally.load_state_dict(state["flops"])
-    run.scaler.load_state_dict(state["scaler"])
-    run.epoch, run.step, run.elapsed = state["epoch"], state["step"], state["elapsed"]
-    run.history, run.layer_history = state["history"], state["layer_history"]
-
-
-def finish(run, out: Path) -> dict:
-    """summary.json, written by rank 0 after the records it summarises (metrics.jsonl and
-    densities.jsonl), so that no summary is ever without them; every rank returns the summary."""
-    result = summary(run)
-    if distributed.is_main_process():
-        save_records(out, run.history, run.layer_history)
-        write_json(out / "summary.json", result)
-    distributed.wait_for_all()
-    return result
-
-
-def summary(run) -> dict:
-    """summary.json: final accuracies, the final masks, and the FLOPs actually spent (a training
-    ratio is relative to the dense model trained on the 1× schedule)."""
-    vals = [r["val_acc"] for r in run.history if r["val_acc"] is not None]
-    # dense training on the 1× schedule: 3 f_D per image (forward and two backward passes)
-    dense_1x = sparse_train_flops(run.f_dense) * run.data.num_train * run.epoch / run.cfg.multiplier
-    return {"final_val_acc": run.history[-1]["val_acc"], "final_test_acc": run.history[-1]["test_acc"],
-            "best_val_acc": max(vals) if vals else None, "epochs": run.epoch, "steps": run.step,
-            "wall_time": round(run.elapsed, 3), "density": run.sparsity.total_row()["density"],
-            "explored": run.sparsity.exploration_rate(), "layers": run.sparsity.layer_stats(),
-            "train_flops": run.tally.total, "train_flops_ratio": run.tally.total / dense_1x,
-            "inference_flops": run.f_sparse, "inference_flops_ratio": run.f_sparse / run.f_dense,
-            "flops_convention": CONVENTION}
+def save_final(out: Path, summary: dict, metrics: list[dict], densities: list[dict]) -> None:
+    """summary.json, written after the records it summarises (metrics.jsonl and densities.jsonl),
+    so that no summary is ever without them."""
+    save_records(out, metrics, densities)
+    write_json(out / "summary.json", summary)

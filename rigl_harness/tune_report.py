@@ -7,7 +7,7 @@ import io
 import statistics
 from pathlib import Path
 
-from rigl_harness import report, runs
+from rigl_harness import figures, labels, report, runs
 
 COLUMNS = ("method", "distribution", "density", "trials", "reference_val_mean", "reference_val_std",
            "reference_test_mean", "reference_test_std", "best_trial", "best_drop_fraction",
@@ -60,7 +60,7 @@ def markdown(rows: list[dict]) -> str:
              "| method | distribution | density | trials | reference val | reference test | best α | best ΔT "
              "| best val | best test |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {report.method_name(r['method'])} | {r['distribution']} | {r['density']:g} | {r['trials']} "
+        lines.append(f"| {labels.method_name(r['method'])} | {r['distribution']} | {r['density']:g} | {r['trials']} "
                      f"| {pm(r, 'reference_val')} | {pm(r, 'reference_test')} | {r['best_drop_fraction']:g} "
                      f"| {r['best_update_interval']} | {pm(r, 'best_val')} | {pm(r, 'best_test')} |")
     return "\n".join(lines) + "\n"
@@ -81,7 +81,7 @@ def write_tables(root: Path, rows: list[dict]) -> list[Path]:
 def plot_search(study, row: dict, path: Path) -> Path:
     """α × ΔT of every finished trial coloured by its validation accuracy; the reference and the
     best trial marked."""
-    figure, ax = report.new_axes(7, 4.5)
+    figure, ax = figures.new_axes(7, 4.5)
     trials = finished_trials(study)
     points = ax.scatter([t.params["drop_fraction"] for t in trials], [t.params["update_interval"] for t in trials],
                         c=[t.value for t in trials], cmap="viridis", s=50, edgecolors="black", linewidths=0.5)
@@ -96,12 +96,12 @@ def plot_search(study, row: dict, path: Path) -> Path:
     ax.set(xlabel="drop fraction α", ylabel="update interval ΔT (steps)",
            title=f"{study.study_name}: finished trials")
     ax.legend(loc="best", fontsize=8, framealpha=0.8)
-    return report.save(figure, path)
+    return figures.save(figure, path)
 
 
 def plot_history(study, path: Path) -> Path:
     """Each finished trial's validation accuracy in trial order, and the best so far."""
-    figure, ax = report.new_axes(7, 4)
+    figure, ax = figures.new_axes(7, 4)
     trials = sorted(finished_trials(study), key=lambda t: t.number)
     numbers, values = [t.number for t in trials], [t.value for t in trials]
     ax.plot(numbers, values, "o", label="trial")
@@ -111,8 +111,8 @@ def plot_history(study, path: Path) -> Path:
     ax.set(xlabel="trial (number in the study)", ylabel="validation accuracy (%), mean over seeds",
            title=f"{study.study_name}: optimisation history")
     ax.grid(alpha=0.3)
-    report.legend_outside(ax)
-    return report.save(figure, path)
+    figures.legend_outside(ax)
+    return figures.save(figure, path)
 
 
 def write_outputs(root: Path, storage, console) -> list[dict]:

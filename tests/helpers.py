@@ -21,6 +21,7 @@ import rigl
 from rigl_harness import cli as command_line
 from rigl_harness.deploy import export
 from test_rigl import sgd, shapes_of, small_net, train_steps  # noqa: F401  (the algorithm tests' helpers)
+import train
 from train import TrainConfig
 
 REPO = pathlib.Path(__file__).parent.parent
@@ -28,6 +29,16 @@ REPO = pathlib.Path(__file__).parent.parent
 SMOKE = ["--dataset", "synthetic", "--model", "wrn-10-1", "--train-subset", "512", "--val-size", "256",
          "--test-subset", "256", "--batch-size", "64", "--update-interval", "4"]
 """A small, fast `train` on synthetic data."""
+
+
+def build_run(cfg, sparse_cfg) -> train.Run:
+    """A run built as start_run builds it: the SparsityConfig asked for resolved once, then built."""
+    return train.build_run(cfg, train.resolve_sparsity(cfg, sparse_cfg))
+
+
+def run_config(cfg, sparse_cfg) -> dict:
+    """config.json of a run asked for with these configurations, as start_run writes it."""
+    return train.run_config(cfg, sparse_cfg, train.resolve_sparsity(cfg, sparse_cfg))
 
 
 def cli(*args, timeout=300, prefix=()):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train
-from helpers import cli, rich_console, run
+from helpers import build_run, cli, rich_console, run
 from rigl import SparsityConfig
 from rigl_harness.data import load_data
 from train import TrainConfig, resolve_recipe
@@ -111,7 +111,7 @@ def test_rigl_on_real_cifar10_learns(tmp_path):
     masks updated every 25 steps until T_end (step 112)."""
     cfg = resolve_recipe(TrainConfig(data_dir=os.environ["RIGL_DATA_DIR"], train_subset=4800,
                                                val_size=0, epochs=1, batch_size=32, test_subset=1000))
-    run = train.build_run(cfg, SparsityConfig(density=0.1, update_interval=25))
+    run = build_run(cfg, SparsityConfig(density=0.1, update_interval=25))
     assert len(run.data.test[1]) == 1000  # the first 1,000 test images keep CI fast
     summary = train.train(run, tmp_path, rich_console())
     assert summary["steps"] == 150 and abs(summary["density"] - 0.1) < 1e-4

@@ -144,7 +144,7 @@ def test_flop_tally_rigl_run_and_resume():
 
 def method_flops(method, distribution="erk", density=0.2, multiplier=1.0, model="wrn-22-2"):
     cfg = SparsityConfig(method=method, density=density, distribution=distribution)
-    return flops.method_flops(model, "cifar10", cfg, multiplier)
+    return flops.method_flops(model, "cifar10", cfg, multiplier, total_steps=REPORT_STEPS)
 
 
 @pytest.mark.parametrize("method, distribution, multiplier, train, test", [
@@ -179,7 +179,7 @@ def test_report_dense_and_its_rows(wrn):
 
 def test_report_small_dense_uses_the_small_model():
     report = method_flops("small-dense", "erk")
-    width = models.small_dense_width("wrn-22-2", 10, SparsityConfig(method="small-dense", density=0.2))
+    width = flops.small_dense_width("wrn-22-2", 10, SparsityConfig(method="small-dense", density=0.2))
     small = models.build_model("wrn-22-2", num_classes=10, width_scale=width)
     small_macs = sum(flops.dense_layer_macs(small, list(rigl.masked_weights(small)), 32).values())
     assert report["sparse_forward_flops"] == 2 * small_macs

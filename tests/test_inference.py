@@ -9,6 +9,7 @@ import torch
 from rich.console import Console
 
 from helpers import cli, onnx_available, onnxruntime_available, reference_masked, sparse_model, write_run
+from rigl_harness import bench
 from rigl_harness.deploy import export, inference
 
 
@@ -85,7 +86,7 @@ def test_compare_inference_rows_and_table():
     assert ("onnxruntime" in variants) == (onnx_available() and onnxruntime_available())
     assert rows[0]["ratio"] == 1.0 and all(r["max_rel_diff"] <= 1e-5 for r in rows)
     console = Console(file=io.StringIO(), width=200)
-    inference.print_inference(rows, 1, console, layers=True)
+    bench.print_inference(rows, 1, console, layers=True)
     assert "per-layer sparse" in console.file.getvalue() and "group1.0.conv1" in console.file.getvalue()
 
 
@@ -100,7 +101,7 @@ def test_bench_inference_times_rigls_initial_masks_at_the_density(monkeypatch):
             timed[label] = (round(active, 3), batches[label], size)
         return []
     monkeypatch.setattr(inference, "compare_inference", fake_compare)
-    inference.bench_inference(0.2, names=("wrn-22-2",), distributions=("uniform",))
+    bench.bench_inference(0.2, names=("wrn-22-2",), distributions=("uniform",))
     assert timed == {"wrn-22-2 uniform": (0.2, [1, 16], 32)}
 
 
@@ -120,9 +121,9 @@ def test_onnx_with_sparse_initializers_is_smaller_and_equal(tmp_path):
 
 def test_bench_inference_refuses_unknown_models_and_threads():
     with pytest.raises(ValueError, match="bench --inference models are wrn-22-2, resnet50, got 'vgg'"):
-        inference.bench_inference(names=("vgg",))
+        bench.bench_inference(names=("vgg",))
     with pytest.raises(ValueError, match="threads must be an integer >= 1"):
-        inference.bench_inference(threads=0)
+        bench.bench_inference(threads=0)
 
 
 def test_export_of_a_checkpoint_that_does_not_fit_its_config_is_refused_in_one_line(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from rigl import Method
-from rigl_harness import report
+from rigl_harness import figures, labels, report
 
 
 # --- report.py ------------------------------------------------------------------------------------
@@ -117,8 +117,8 @@ def test_grouping_separates_multiplier_and_alpha_interval(tmp_path):
         fake_run(tmp_path, f"d-{seed}", "rigl", "erk", 0.1, seed, 90.0, update_interval=200)
     groups = report.aggregate(report.collect_runs(tmp_path))
     assert [g["n"] for g in groups] == [2, 2, 2, 2]
-    labels = {report.group_label(g) for g in groups}
-    assert labels == {"RigL (ERK)", "RigL (ERK) α=0.5", "RigL (ERK) ΔT=200", "RigL 2× (ERK)"}
+    names = {labels.group_label(g) for g in groups}
+    assert names == {"RigL (ERK)", "RigL (ERK) α=0.5", "RigL (ERK) ΔT=200", "RigL 2× (ERK)"}
     assert group_of(groups, multiplier=2.0)["test_mean"] == pytest.approx(93.0)
 
 
@@ -168,22 +168,22 @@ def test_make_report_writes_and_prints_every_file(tmp_path):
 
 def test_layer_densities_picks_rigl_erk_and_works_without_history(tmp_path):
     runs = report.collect_runs(sweep(tmp_path))
-    chosen = report.representative_run(runs)
+    chosen = figures.representative_run(runs)
     assert (chosen["method"], chosen["distribution"], chosen["density"], chosen["seed"]) == \
         ("rigl", "erk", 0.1, 0)
     old = report.run_record(fake_run(tmp_path, "old", "set", "erk", 0.1, 0, 91.0, history=None))
-    assert_png(report.plot_layer_densities(old, tmp_path / "old.png"))
+    assert_png(figures.plot_layer_densities(old, tmp_path / "old.png"))
 
 
 def test_nothing_to_plot_returns_none(tmp_path):
     dense = report.aggregate([report.run_record(fake_run(tmp_path, "dense", "dense", "erk", 0.1, 0, 93.0))])
-    assert report.plot_accuracy_vs_density([], tmp_path / "a.png") is None
-    assert report.plot_accuracy_vs_density(dense, tmp_path / "a.png") is None
+    assert figures.plot_accuracy_vs_density([], tmp_path / "a.png") is None
+    assert figures.plot_accuracy_vs_density(dense, tmp_path / "a.png") is None
     no_flops = [{**g, "train_flops_ratio": None} for g in dense]
-    assert report.plot_accuracy_vs_flops(no_flops, tmp_path / "b.png") is None
+    assert figures.plot_accuracy_vs_flops(no_flops, tmp_path / "b.png") is None
     old = report.run_record(fake_run(tmp_path, "old", "rigl-sm", "erk", 0.1, 0, 92.0, history=None, layers={}))
-    assert report.plot_density_over_training(old, tmp_path / "c.png") is None
-    assert report.plot_layer_densities(old, tmp_path / "d.png") is None
+    assert figures.plot_density_over_training(old, tmp_path / "c.png") is None
+    assert figures.plot_layer_densities(old, tmp_path / "d.png") is None
     assert not list(tmp_path.glob("*.png"))
 
 
@@ -199,7 +199,7 @@ def test_the_lr_figure_needs_several_learning_rates_of_one_setting(tmp_path):
         (run / "config.json").write_text(json.dumps(config))
     groups = report.aggregate(report.collect_runs(tmp_path))
     assert [g["n"] for g in groups] == [1, 1, 1]  # three rows at the same learning rate: no lr axis
-    assert report.plot_accuracy_vs_lr(groups, tmp_path / "lr.png") is None
+    assert figures.plot_accuracy_vs_lr(groups, tmp_path / "lr.png") is None
 
 
 def test_no_finished_runs_is_an_error(tmp_path):
@@ -255,7 +255,7 @@ def test_a_damaged_run_is_named_before_anything_is_written(tmp_path, damage, wor
 
 
 def test_methods_are_written_as_the_report_writes_them():
-    assert {m: report.method_name(m) for m in get_args(Method)} == {
+    assert {m: labels.method_name(m) for m in get_args(Method)} == {
         "dense": "Dense", "small-dense": "Small-Dense", "static": "Static", "set": "SET", "rigl": "RigL",
         "snfs": "SNFS", "pruning": "Pruning", "lottery": "Lottery", "rigl-sg": "RigL-SG", "rigl-sm": "RigL-SM",
         "rigl-struct": "RigL-struct"}
@@ -286,10 +286,10 @@ def test_flops_over_training_figure_per_task_and_density(tmp_path):
     fake_run(tmp_path, "old", "rigl", "erk", 0.2, 0, 92.0)  # no metrics.jsonl: no figure at d = 0.2
     runs = report.collect_runs(tmp_path)
     assert report.run_record(tmp_path / "sm")["flops_history"] == [(10, 0.20), (20, 0.24), (30, 0.25)]
-    paths = report.flops_figures(runs, report.aggregate(runs), tmp_path / "figures")
+    paths = figures.flops_figures(runs, report.aggregate(runs), tmp_path / "figures")
     assert paths == [tmp_path / "figures" / "flops_over_training_cifar10-wrn-22-2-d0.1.png"]
     assert_png(paths[0])
-    levels = report.flop_levels("cifar10", "wrn-22-2", 0.1)
+    levels = figures.flop_levels("cifar10", "wrn-22-2", 0.1)
     assert levels["Random (uniform)"] < levels["ERK"] < 1  # ERK at d = 0.1 costs more than uniform
     (tmp_path / "sm" / "metrics.jsonl").write_text('{"step": 1, "inference_flops_ratio": "a"}\n')
     with pytest.raises(ValueError, match="metrics.jsonl: record 1"):

@@ -11,9 +11,9 @@ import torch
 
 import flops
 import train
-from helpers import SMOKE, cli, one_line_error, rich_console, run
+from helpers import SMOKE, build_run, cli, one_line_error, rich_console, run, run_config
 from rigl import SparsityConfig
-from rigl_harness import report, runs
+from rigl_harness import figures, labels, report, runs
 from test_report import fake_run
 from train import TrainConfig, resolve_recipe
 
@@ -46,13 +46,13 @@ def test_masks_from_starts_from_the_exact_final_masks_with_fresh_weights(source)
     """Table 5's restart, our reading: RigL-SM's final masks at step 0, weights of this run's --seed
     (not the source's initial weights) unless --init-from gives them."""
     init = torch.load(source / "init.pt", weights_only=True)
-    run = train.build_run(config(seed=1, masks_from=str(source)), replace(SOURCE, method="rigl", seed=1))
+    run = build_run(config(seed=1, masks_from=str(source)), replace(SOURCE, method="rigl", seed=1))
     assert run.sparsity.step_count == 0 and run.sparsity.masks.keys() == final_masks(source).keys()
     for name, mask in final_masks(source).items():
         assert torch.equal(run.sparsity.masks[name], mask)
         assert not torch.equal(run.sparsity.weights[name].detach(), init[name] * mask)
     assert run.sparsity.densities() == final_densities(source)
-    with_init = train.build_run(config(seed=1, masks_from=str(source), init_from=str(source)),
+    with_init = build_run(config(seed=1, masks_from=str(source), init_from=str(source)),
                                 replace(SOURCE, method="rigl", seed=1))
     for name, mask in final_masks(source).items():
         assert torch.equal(with_init.sparsity.weights[name].detach(), init[name] * mask)
@@ -60,31 +60,21 @@ def test_masks_from_starts_from_the_exact_final_masks_with_fresh_weights(source)
 
 def test_densities_from_gives_the_final_densities_with_fresh_masks(source):
     cfg = config(seed=1, densities_from=str(source))
-    run = train.build_run(cfg, replace(SOURCE, method="rigl", seed=1))
+    run = build_run(cfg, replace(SOURCE, method="rigl", seed=1))
     assert run.sparse_cfg.layer_densities == final_densities(source)
     assert run.sparsity.densities() == final_densities(source)
     assert any(not torch.equal(run.sparsity.masks[n], m) for n, m in final_masks(source).items())
-    assert run.sparsity.densities() != train.build_run(config(seed=1), replace(SOURCE, method="rigl")).sparsity.densities()
+    assert run.sparsity.densities() != build_run(config(seed=1), replace(SOURCE, method="rigl")).sparsity.densities()
 
 
 def test_config_json_records_where_masks_densities_and_weights_came_from(source):
-    saved = train.run_config(config(masks_from=str(source), init_from=str(source)), replace(SOURCE, method="rigl"))
+    saved = run_config(config(masks_from=str(source), init_from=str(source)), replace(SOURCE, method="rigl"))
     assert saved["train"]["masks_from"] == saved["train"]["init_from"] == str(source)
     assert saved["derived_from"]["masks_from"] == {"path": str(source.resolve()), "method": "rigl-sm",
                                                    "distribution": "erk", "density": 0.3}
-    by_densities = train.run_config(config(densities_from=str(source)), replace(SOURCE, method="rigl"))
+    by_densities = run_config(config(densities_from=str(source)), replace(SOURCE, method="rigl"))
     assert by_densities["sparsity"]["layer_densities"] == final_densities(source)
     assert runs.config_differences(json.loads(json.dumps(by_densities)), by_densities) == []
-
-
-def test_a_lottery_run_written_with_mask_from_resumes_as_masks_and_init_from():
-    now = {"train": {"masks_from": "/p", "init_from": "/p", "densities_from": None, "match_flops": None},
-           "sparsity": {"layer_densities": None}}
-    assert runs.config_differences({"train": {"mask_from": "/p"}, "sparsity": {}}, now) == []
-    assert runs.config_differences({"train": {"mask_from": None}, "sparsity": {}},
-                                   {**now, "train": {"masks_from": None, "init_from": None}}) == []
-    other = runs.config_differences({"train": {"mask_from": "/q"}, "sparsity": {}}, now)
-    assert other == ["masks_from (run has '/q', asked for '/p')", "init_from (run has '/q', asked for '/p')"]
 
 
 def unfinished(source, tmp_path):
@@ -106,7 +96,7 @@ def unfinished(source, tmp_path):
 def test_a_source_that_does_not_fit_is_refused_in_one_line(source, tmp_path, option, change, words):
     cfg, sparse_cfg, src = change(config(), replace(SOURCE, method="rigl"), source, tmp_path)
     with pytest.raises(ValueError, match=None) as error:
-        train.build_run(replace(cfg, **{option: str(src)}), sparse_cfg)
+        build_run(replace(cfg, **{option: str(src)}), sparse_cfg)
     assert words in str(error.value) and "\n" not in str(error.value)
 
 
@@ -115,7 +105,7 @@ def test_a_dense_source_and_two_mask_sources_are_refused(tmp_path):
     train.start_run(config(), SparsityConfig(method="dense"), dense, resume=False, console=rich_console())
     for option in ("masks_from", "densities_from"):
         with pytest.raises(ValueError, match="has no masks \\(method dense trains dense\\)"):
-            train.build_run(config(**{option: str(dense)}), SparsityConfig(density=0.1))
+            build_run(config(**{option: str(dense)}), SparsityConfig(density=0.1))
     with pytest.raises(ValueError, match="--masks-from and --densities-from are two ways"):
         config(masks_from=str(dense), densities_from=str(dense))
 
@@ -182,11 +172,11 @@ def test_erk_at_uniforms_flops_spends_uniforms_flops(model, dataset, density, re
 
 def test_match_flops_trains_at_the_solved_density_and_records_the_asked_one():
     cfg, sparse_cfg = config(match_flops="uniform"), SparsityConfig(density=0.2)
-    run = train.build_run(cfg, sparse_cfg)
+    run = build_run(cfg, sparse_cfg)
     expected = flops.matching_density(cfg.model, cfg.dataset, sparse_cfg)
     assert run.sparse_cfg.density == expected < 0.2
     assert abs(run.sparsity.total_row()["density"] - expected) < 0.01
-    saved = train.run_config(cfg, sparse_cfg)
+    saved = run_config(cfg, sparse_cfg)
     assert saved["sparsity"]["density"] == expected and saved["train"]["match_flops"] == "uniform"
     assert saved["derived_from"] == {"match_flops": {"target": "uniform", "density": 0.2}}
 
@@ -215,14 +205,14 @@ def test_restarted_and_flop_matched_runs_get_rows_of_their_own(tmp_path):
         matched = fake_run(tmp_path, f"matched-{seed}", "rigl", "erk", 0.0584, seed, 91.4)
         derived(matched, {"match_flops": {"target": "uniform", "density": 0.1}})
     groups = report.aggregate(report.collect_runs(tmp_path))
-    labels = sorted(report.group_label(g) for g in groups)
-    assert labels == ["RigL", "RigL (ERK)", "RigL (ERK) at uniform's FLOPs", "RigL (ERK) from RigL-SM's masks"]
+    names = sorted(labels.group_label(g) for g in groups)
+    assert names == ["RigL", "RigL (ERK)", "RigL (ERK) at uniform's FLOPs", "RigL (ERK) from RigL-SM's masks"]
     assert all(g["n"] == 2 and g["density"] == 0.1 for g in groups)
-    pairs = report.flop_matched_pairs(groups)
+    pairs = figures.flop_matched_pairs(groups)
     assert [(u["distribution"], m["origin"]) for u, m in pairs] == [("uniform", "at uniform's FLOPs")]
-    figure = report.plot_distributions_at_equal_flops(groups, tmp_path / "figure.png")
+    figure = figures.plot_distributions_at_equal_flops(groups, tmp_path / "figure.png")
     assert figure is not None and figure.stat().st_size > 0
-    assert report.plot_distributions_at_equal_flops([g for g in groups if not g["origin"]], tmp_path / "x.png") is None
+    assert figures.plot_distributions_at_equal_flops([g for g in groups if not g["origin"]], tmp_path / "x.png") is None
 
 
 # --- --layer-densities: TF's custom_sparsity_map from the command line ------------------------------
@@ -259,7 +249,7 @@ def test_runs_at_set_layer_densities_get_a_row_of_their_own_and_must_agree(tmp_p
         fake_run(tmp_path, f"plain-{seed}", "rigl", "erk", 0.1, seed, 92.0)
         set_layer_densities(fake_run(tmp_path, f"set-{seed}", "rigl", "erk", 0.1, seed, 92.5), {"conv1.weight": 1.0})
     groups = report.aggregate(report.collect_runs(tmp_path))
-    assert sorted(report.group_label(g) for g in groups) == ["RigL (ERK)", "RigL (ERK) at set layer densities"]
+    assert sorted(labels.group_label(g) for g in groups) == ["RigL (ERK)", "RigL (ERK) at set layer densities"]
     assert all(g["n"] == 2 for g in groups)
     set_layer_densities(tmp_path / "set-1", {"conv1.weight": 0.5})
     with pytest.raises(ValueError, match="would share a row but differ in sparsity.layer_densities"):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train
-from helpers import REPO, SMOKE, cli, one_line_error, read_jsonl, rich_console
+from helpers import REPO, SMOKE, build_run, cli, one_line_error, read_jsonl, rich_console
 from rigl import SparsityConfig
 from train import TrainConfig, resolve_recipe
 from rigl_harness import runs, terminal
@@ -192,7 +192,7 @@ def test_lottery_trains_only_the_final_masks_at_the_density_asked_for(tmp_path, 
         cfg = resolve_recipe(TrainConfig(dataset="synthetic", model="wrn-10-1", train_subset=512, val_size=256,
                                          test_subset=256, batch_size=64, epochs=1, masks_from=str(source),
                                          init_from=str(source)))
-        return train.build_run(cfg, SparsityConfig(method="lottery", density=density, update_interval=4))
+        return build_run(cfg, SparsityConfig(method="lottery", density=density, update_interval=4))
     one_line_error(cli("train", *LOTTERY, "--density", "0.5", "--masks-from", str(pruning_run), "--init-from",
                        str(pruning_run), "--out", str(tmp_path / "ticket")),
                    "trained at density 0.1, not the --density 0.5")
@@ -214,9 +214,10 @@ def test_lottery_trains_only_the_final_masks_at_the_density_asked_for(tmp_path, 
     assert lottery(pruning_run).sparsity.total_row()["density"] == summary["density"]
 
 
-def test_a_run_written_before_a_field_existed_resumes_with_that_fields_old_value():
+def test_a_run_without_a_field_asked_for_is_a_run_of_other_settings():
+    """No compatibility with configurations written by older code: a field the saved run lacks
+    differs from any value asked for, so the run is refused, never resumed with a guess."""
     now = {"train": {"epochs": 2}, "sparsity": {"density": 0.1, "mask_depthwise": False}}
-    before = {"train": {"epochs": 2}, "sparsity": {"density": 0.1}}  # config.json of an older version
-    assert runs.config_differences(before, now) == []
-    asked = {**now, "sparsity": {"density": 0.1, "mask_depthwise": True}}
-    assert runs.config_differences(before, asked) == ["mask_depthwise (run has False, asked for True)"]
+    before = {"train": {"epochs": 2}, "sparsity": {"density": 0.1}}
+    assert runs.config_differences(before, now) == ["mask_depthwise (run has None, asked for False)"]
+    assert runs.config_differences(now, now) == []

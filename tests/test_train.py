@@ -18,7 +18,7 @@ import flops
 import models
 import rigl
 import train
-from helpers import REPO, SMOKE, cli, one_line_error, read_jsonl, rich_console, run, shapes_of, small_net, wait_for_first_epoch
+from helpers import REPO, SMOKE, build_run, cli, one_line_error, read_jsonl, rich_console, run, shapes_of, small_net, wait_for_first_epoch
 from models import build_model
 from rigl import Sparsity, SparsityConfig
 from train import REPORT_STEPS, TrainConfig, resolve_recipe
@@ -87,7 +87,7 @@ def test_accumulation_through_the_training_loop_matches_one_big_batch(tmp_path, 
     def trained(batch_size, accumulate):
         cfg = resolve_recipe(TrainConfig(dataset="synthetic", train_subset=512, val_size=0, epochs=2,
                                                    batch_size=batch_size, accumulate=accumulate))
-        run = train.build_run(cfg, SparsityConfig(density=0.2, update_interval=2, dense_layers=()))
+        run = build_run(cfg, SparsityConfig(density=0.2, update_interval=2, dense_layers=()))
         run.data.augment = lambda images, generator: images
         run.data.test = tuple(t[:64] for t in run.data.test)
         (tmp_path / f"{batch_size}").mkdir()
@@ -106,7 +106,7 @@ def test_accumulation_through_the_training_loop_matches_one_big_batch(tmp_path, 
 def test_mixed_precision_runs_train_on_cpu(tmp_path, precision):
     cfg = TrainConfig(dataset="synthetic", train_subset=256, val_size=0, epochs=1, batch_size=64,
                            precision=precision)
-    run = train.build_run(resolve_recipe(cfg), SparsityConfig(update_interval=2))
+    run = build_run(resolve_recipe(cfg), SparsityConfig(update_interval=2))
     run.data.test = tuple(t[:256] for t in run.data.test)
     summary = train.train(run, tmp_path, rich_console())
     assert summary["steps"] == 4 and run.scaler.is_enabled() == (precision == "fp16")
@@ -129,7 +129,7 @@ def test_small_dense_matches_the_sparse_parameter_count():
         full = build_model("wrn-22-2", 10)
         sparse = Sparsity(full, None, SparsityConfig(density=density, distribution=distribution), 10)
         target = sum(r["active"] for r in sparse.layer_stats())
-        small = build_model("wrn-22-2", 10, width_scale=models.small_dense_width("wrn-22-2", 10, cfg))
+        small = build_model("wrn-22-2", 10, width_scale=flops.small_dense_width("wrn-22-2", 10, cfg))
         count = sum(w.numel() for w in rigl.masked_weights(small).values())
         assert abs(count - target) / target < 0.02
         assert Sparsity(small, None, cfg, 10).masks == {}  # trained dense
@@ -144,7 +144,7 @@ def test_flops_and_train_describe_the_same_small_dense_network(tmp_path):
     counted = [(r["name"], r["shape"]) for r in json.loads(result.stdout)["layers"]]
     cfg = resolve_recipe(TrainConfig(dataset="synthetic", model="wrn-22-2", train_subset=64,
                                                val_size=0, epochs=1))
-    trained = train.build_run(cfg, SparsityConfig(method="small-dense", density=0.1)).sparsity.weights
+    trained = build_run(cfg, SparsityConfig(method="small-dense", density=0.1)).sparsity.weights
     assert counted == [(name, list(w.shape)) for name, w in trained.items()]
     assert counted != [(n, list(s)) for n, s in shapes_of(build_model("wrn-22-2", 10)).items()]  # narrower
 
@@ -159,7 +159,7 @@ def test_lottery_retrains_the_pruning_masks_from_the_same_initialisation(tmp_pat
     ticket_cfg = resolve_recipe(TrainConfig(dataset="synthetic", train_subset=256, val_size=0,
                                                       epochs=1, seed=5, masks_from=str(tmp_path / "pruning"),
                                             init_from=str(tmp_path / "pruning")))
-    run = train.build_run(ticket_cfg, SparsityConfig(method="lottery", density=0.3))
+    run = build_run(ticket_cfg, SparsityConfig(method="lottery", density=0.3))
     assert run.sparsity.masks.keys() == final.keys()
     for name, mask in final.items():
         assert torch.equal(run.sparsity.masks[name], mask)
@@ -168,7 +168,7 @@ def test_lottery_retrains_the_pruning_masks_from_the_same_initialisation(tmp_pat
     assert active == round(0.3 * sum(m.numel() for m in final.values()))
     for missing in ("masks_from", "init_from"):
         with pytest.raises(ValueError, match="method lottery needs --masks-from RUN_DIR and --init-from RUN_DIR"):
-            train.build_run(replace(ticket_cfg, **{missing: None}), SparsityConfig(method="lottery", density=0.3))
+            build_run(replace(ticket_cfg, **{missing: None}), SparsityConfig(method="lottery", density=0.3))
 
 
 def test_kill_and_resume_ends_bit_identical(tmp_path):
@@ -250,7 +250,7 @@ def test_small_dense_flops_are_counted_against_the_full_width_network(tmp_path):
     same fraction `python rigl.py flops --method small-dense` reports."""
     cfg = resolve_recipe(TrainConfig(dataset="synthetic", model="wrn-22-2", train_subset=64, val_size=0,
                                                epochs=1, batch_size=64))
-    run = train.build_run(cfg, SparsityConfig(method="small-dense", density=0.1))
+    run = build_run(cfg, SparsityConfig(method="small-dense", density=0.1))
     counted = flops.method_flops("wrn-22-2", "synthetic", SparsityConfig(method="small-dense", density=0.1), 1.0)
     assert run.f_sparse / run.f_dense == pytest.approx(counted["inference_flops_ratio"])
     assert 0.09 < run.f_sparse / run.f_dense < 0.11
@@ -319,7 +319,7 @@ def test_a_small_train_subset_keeps_every_class_of_the_test_set(tmp_path):
     """Six synthetic images hold labels up to 7 only; the classifier still has the dataset's 10
     outputs, so the test set's classes all exist (and export rebuilds the network)."""
     cfg = resolve_recipe(TrainConfig(dataset="synthetic", train_subset=6, val_size=0, epochs=1, batch_size=6))
-    run = train.build_run(cfg, SparsityConfig())
+    run = build_run(cfg, SparsityConfig())
     assert int(run.data.train[1].max()) < 9 and run.model.fc.weight.shape[0] == 10
     assert int(run.data.test[1].max()) < run.data.num_classes
 
