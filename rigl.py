@@ -102,7 +102,7 @@ class SparsityConfig:
     """T_end as a fraction of all training steps; masks are frozen after it. 0.75 (paper Sec. 4.1)."""
     t_start: float = 700 / 87_891
     """Pruning only: fraction of training at which gradual pruning starts; RR starts at step 700 of
-    the report's 87,891 (train.REPORT_STEPS)."""
+    the report's 87,891."""
     dense_layers: tuple[str | type, ...] | None = None
     """Weights kept dense and outside the budget, by name, glob pattern or module type (as
     extra_weights). None = the distribution's default: the first layer for uniform (TF, RR; not for
@@ -210,7 +210,8 @@ def erdos_renyi_densities(shapes: dict[str, torch.Size], density: float, kernel:
         weighted = sum(score[n] * numel[n] for n in sparse)
         if not 0 < weighted < math.inf:  # a large power_scale underflows (or overflows) every score
             raise ValueError(f"erk_power_scale {power_scale} takes the ERK scores of the sparse layers "
-                             f"out of floating point range ({weighted}); use a smaller one (1.0 in the paper)")
+                             f"out of floating point range ({weighted}); use a smaller one (1.0 in the "
+                             f"paper)")
         eps = (budget - sum(numel[n] for n in dense)) / weighted
         top = max(score[n] for n in sparse)
         if eps * top <= 1.0:
@@ -421,7 +422,8 @@ class Sparsity:
         self.weights = masked_weights(model, config.extra_weights, config.mask_depthwise)  # Part II
         if not self.weights:
             raise ValueError(f"the model has no trainable convolution, Linear or Conv1D weight to make "
-                             f"sparse; select weights with extra_weights, among {list(model_weights(model))[:8]}")
+                             f"sparse; select weights with extra_weights, among "
+                             f"{list(model_weights(model))[:8]}")
         self.parameter_count = sum(p.numel() for p in model.parameters())
         self.dense_layers = dense_layers_of(list(self.weights), config, weight_aliases(model, self.weights))
         self.initial_densities = initial_densities({n: w.shape for n, w in self.weights.items()}, config,

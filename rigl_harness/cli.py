@@ -1,4 +1,5 @@
-"""The command line: python rigl.py train | flops | sweep | tune | reproduce | report | bench | export, declared as typer documents.
+"""The command line: python rigl.py train | flops | sweep | tune | reproduce | report | bench | export,
+declared as typer documents.
 
 Each option's default is its configuration field's (SparsityConfig in rigl.py, TrainConfig in
 train.py), and its help is that field's docstring (options.help_of).
@@ -80,7 +81,8 @@ def train_command(
     t_end: Annotated[float, sparsity_option("t_end")] = SparsityConfig.t_end,
     t_start: Annotated[float, sparsity_option("t_start")] = SparsityConfig.t_start,
     dense_layers: DenseLayersOption = SparsityConfig.dense_layers,
-    layer_densities: Annotated[Optional[str], sparsity_option("layer_densities", metavar="NAME=D,...")] = None,
+    layer_densities: Annotated[Optional[str],
+                               sparsity_option("layer_densities", metavar="NAME=D,...")] = None,
     model: ModelOption = TrainConfig.model,
     dataset: DatasetOption = TrainConfig.dataset,
     data_dir: Annotated[str, train_option("data_dir")] = TrainConfig.data_dir,
@@ -90,9 +92,11 @@ def train_command(
     lr: Annotated[Optional[float], train_option("lr")] = TrainConfig.lr,
     momentum: Annotated[float, train_option("momentum")] = TrainConfig.momentum,
     weight_decay: Annotated[Optional[float], train_option("weight_decay")] = TrainConfig.weight_decay,
-    label_smoothing: Annotated[Optional[float], train_option("label_smoothing")] = TrainConfig.label_smoothing,
+    label_smoothing: Annotated[Optional[float],
+                               train_option("label_smoothing")] = TrainConfig.label_smoothing,
     warmup: Annotated[Optional[float], train_option("warmup")] = TrainConfig.warmup,
-    lr_milestones: Annotated[Optional[str], train_option("lr_milestones", metavar="A,B")] = TrainConfig.lr_milestones,
+    lr_milestones: Annotated[Optional[str],
+                             train_option("lr_milestones", metavar="A,B")] = TrainConfig.lr_milestones,
     lr_gamma: Annotated[Optional[float], train_option("lr_gamma")] = TrainConfig.lr_gamma,
     val_size: Annotated[int, train_option("val_size")] = TrainConfig.val_size,
     train_subset: Annotated[int, train_option("train_subset")] = TrainConfig.train_subset,
@@ -102,11 +106,15 @@ def train_command(
     precision: Annotated[Precision, train_option("precision")] = TrainConfig.precision,
     accumulate: Annotated[int, train_option("accumulate")] = TrainConfig.accumulate,
     workers: Annotated[int, train_option("workers")] = TrainConfig.workers,
-    masks_from: Annotated[Optional[str], train_option("masks_from", metavar="RUN_DIR")] = TrainConfig.masks_from,
-    densities_from: Annotated[Optional[str], train_option("densities_from", metavar="RUN_DIR")] = TrainConfig.densities_from,
+    masks_from: Annotated[Optional[str],
+                          train_option("masks_from", metavar="RUN_DIR")] = TrainConfig.masks_from,
+    densities_from: Annotated[Optional[str],
+                              train_option("densities_from", metavar="RUN_DIR")] = TrainConfig.densities_from,
     init_from: Annotated[Optional[str], train_option("init_from", metavar="RUN_DIR")] = TrainConfig.init_from,
     match_flops: MatchFlopsOption = TrainConfig.match_flops,
-    out: Annotated[Optional[str], typer.Option(help="Run directory. Default: runs/<dataset>-<model>-<method>-<distribution>-d<density>-s<seed>.")] = None,
+    out: Annotated[Optional[str], typer.Option(
+        help="Run directory. Default: runs/<dataset>-<model>-<name>, named as a sweep names its cells "
+        "(rigl-erk-d0.1-x1.0-s0).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
 ) -> None:
     """Train; the defaults are the report's CIFAR-10 WRN-22-2 RigL (ERK) run."""
@@ -114,7 +122,7 @@ def train_command(
 
 
 def train_run(options: dict) -> None:
-    """One run into --out (default runs/<dataset>-<model>-<method>-<distribution>-d<density>-s<seed>),
+    """One run into --out (default runs/<dataset>-<model>-<name>, default_name),
     or the run there continued with --resume; a stop names what is saved."""
     console, out = terminal.make_console(), Path(options["out"] or "runs")
 
@@ -125,8 +133,19 @@ def train_run(options: dict) -> None:
     with terminal.user_errors(console, interrupted):
         cfg, sparse_cfg = configs_from_options(options)
         if not options["out"]:
-            out = out / f"{cfg.dataset}-{cfg.model}-{sparse_cfg.method}-{sparse_cfg.distribution}-d{sparse_cfg.density}-s{cfg.seed}"
+            out = out / f"{cfg.dataset}-{cfg.model}-{default_name(cfg, sparse_cfg, options['lr'])}"
         start_run(cfg, sparse_cfg, out, options["resume"], console)
+
+
+def default_name(cfg: TrainConfig, sparse_cfg: SparsityConfig, lr: float | None) -> str:
+    """A train run's directory name, as a sweep would name it (runs.run_name): α and ΔT where they
+    are not the paper's, the learning rate where --lr gave one."""
+    cell = {"method": sparse_cfg.method, "distribution": sparse_cfg.distribution,
+            "density": sparse_cfg.density, "multiplier": cfg.multiplier,
+            "drop_fraction": sparse_cfg.drop_fraction, "update_interval": sparse_cfg.update_interval,
+            "lr": lr, "seed": cfg.seed}
+    return runs.run_name(cell, {f for f in ("drop_fraction", "update_interval")
+                                if cell[f] != getattr(SparsityConfig, f)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,21 +164,26 @@ def flops_command(
     dataset: DatasetOption = TrainConfig.dataset,
     multiplier: MultiplierOption = TrainConfig.multiplier,
     match_flops: MatchFlopsOption = TrainConfig.match_flops,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """FLOPs of a model at a density: per layer, inference, training per step, and Table 2's
     columns for every method (paper convention: multiplies and adds counted separately)."""
     console = terminal.make_console()
     with terminal.user_errors(console):
-        cfg = resolve_recipe(TrainConfig(model=model, dataset=dataset, multiplier=multiplier, match_flops=match_flops))
+        cfg = resolve_recipe(TrainConfig(model=model, dataset=dataset, multiplier=multiplier,
+                                         match_flops=match_flops))
         sparse_cfg = SparsityConfig(method=method, density=density, distribution=distribution,
-                                    update_interval=update_interval, dense_layers=comma_separated(dense_layers, str))
+                                    update_interval=update_interval,
+                                    dense_layers=comma_separated(dense_layers, str))
         counted = flops.counted_model(cfg.model, dataset)
-        matched = flops.matching_density(cfg.model, dataset, sparse_cfg, match_flops, counted) if match_flops else density
+        matched = (flops.matching_density(cfg.model, dataset, sparse_cfg, match_flops, counted)
+                   if match_flops else density)
         at = replace(sparse_cfg, density=matched)  # pruning's density averaged along the report's run
         result = flops.method_flops(cfg.model, dataset, at, multiplier, counted, REPORT_STEPS)
         result["methods"] = flops.table2_columns(cfg.model, dataset, at, multiplier, REPORT_STEPS)
-        result["density"], result["match_flops"] = matched, match_flops and {"target": match_flops, "density": density}
+        result["density"] = matched
+        result["match_flops"] = match_flops and {"target": match_flops, "density": density}
     if json_output:
         print(json.dumps(result))
         return
@@ -175,7 +199,8 @@ def flops_command(
 
 SWEEP_SETS = {field for field, _ in sweep.AXES.values()} | {"masks_from", "init_from", "out", "resume"}
 """The `train` options a sweep sets for each cell."""
-TUNE_SETS = {"drop_fraction", "update_interval", "seed", "masks_from", "densities_from", "init_from", "out", "resume"}
+TUNE_SETS = {"drop_fraction", "update_interval", "seed", "masks_from", "densities_from", "init_from", "out",
+             "resume"}
 """The `train` options tune sets for each run of a trial."""
 
 
@@ -184,7 +209,8 @@ def train_options_of(ctx: typer.Context, reserved: set[str], hint: str) -> dict:
     defaults filled in); those in `reserved` are the command's to set, and refused with `hint`."""
     train = ctx.parent.command.get_command(ctx.parent, "train")
     parsed = train.make_context("train", list(ctx.args), parent=ctx.parent)
-    given = [n for n in parsed.params if n in reserved and parsed.get_parameter_source(n).name == "COMMANDLINE"]
+    given = [n for n in parsed.params
+             if n in reserved and parsed.get_parameter_source(n).name == "COMMANDLINE"]
     if given:
         raise runs.UsageError(f"{ctx.info_name} sets {', '.join('--' + n.replace('_', '-') for n in given)} "
                               f"for each run: {hint}")
@@ -194,24 +220,34 @@ def train_options_of(ctx: typer.Context, reserved: set[str], hint: str) -> dict:
 @app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sweep_command(
     ctx: typer.Context,
-    root: Annotated[str, typer.Argument(help="Directory that receives one run directory per cell (give it first).")],
+    root: Annotated[str, typer.Argument(
+        help="Directory that receives one run directory per cell (give it first).")],
     methods: Annotated[str, typer.Option(help="Comma-separated values of --method.")] = SparsityConfig.method,
-    densities: Annotated[str, typer.Option(help="Comma-separated values of --density.")] = str(SparsityConfig.density),
-    distributions: Annotated[str, typer.Option(help="Comma-separated values of --distribution.")] = SparsityConfig.distribution,
+    densities: Annotated[str, typer.Option(
+        help="Comma-separated values of --density.")] = str(SparsityConfig.density),
+    distributions: Annotated[str, typer.Option(
+        help="Comma-separated values of --distribution.")] = SparsityConfig.distribution,
     seeds: Annotated[str, typer.Option(help="Comma-separated values of --seed.")] = str(TrainConfig.seed),
-    multipliers: Annotated[str, typer.Option(help="Comma-separated values of --multiplier.")] = str(TrainConfig.multiplier),
-    drop_fractions: Annotated[str, typer.Option(help="Comma-separated values of --drop-fraction (α).")] = str(SparsityConfig.drop_fraction),
-    update_intervals: Annotated[str, typer.Option(help="Comma-separated values of --update-interval (ΔT).")] = str(SparsityConfig.update_interval),
-    lrs: Annotated[str, typer.Option(help="Comma-separated values of --lr; empty: the dataset's recipe.")] = "",
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and their state; train nothing.")] = False,
+    multipliers: Annotated[str, typer.Option(
+        help="Comma-separated values of --multiplier.")] = str(TrainConfig.multiplier),
+    drop_fractions: Annotated[str, typer.Option(
+        help="Comma-separated values of --drop-fraction (α).")] = str(SparsityConfig.drop_fraction),
+    update_intervals: Annotated[str, typer.Option(
+        help="Comma-separated values of --update-interval (ΔT).")] = str(SparsityConfig.update_interval),
+    lrs: Annotated[str, typer.Option(
+        help="Comma-separated values of --lr; empty: the dataset's recipe.")] = "",
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="List the cells and their state; train nothing.")] = False,
 ) -> None:
     """Run a grid of training runs one after another into ROOT, one run directory per cell;
     finished cells are skipped and an interrupted one resumes, so a killed sweep restarts where
     it stopped. Several sweeps on one ROOT split the grid: a cell another process is training is
     skipped. Every other `train` option (python rigl.py train --help) applies to all cells."""
     console = terminal.make_console()
-    with terminal.user_errors(console, lambda: "interrupted: rerun the same sweep to continue where it stopped"):
-        options = train_options_of(ctx, SWEEP_SETS, "use its grid options (--methods, --densities, --seeds, ...)")
+    stopped = "interrupted: rerun the same sweep to continue where it stopped"
+    with terminal.user_errors(console, lambda: stopped):
+        options = train_options_of(ctx, SWEEP_SETS,
+                                   "use its grid options (--methods, --densities, --seeds, ...)")
         grid = sweep.parse_grid(ctx.params)
         empty = [axis for axis, values in grid.items() if not values]
         if empty:
@@ -226,24 +262,35 @@ def sweep_command(
 @app.command("tune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def tune_command(
     ctx: typer.Context,
-    root: Annotated[str, typer.Argument(help="Directory of the studies' run directories, tune.journal and Table 4 (give it first).")],
+    root: Annotated[str, typer.Argument(
+        help="Directory of the studies' run directories, tune.journal and Table 4 (give it first).")],
     density: DensityOption = SparsityConfig.density,
     distribution: DistributionOption = SparsityConfig.distribution,
     method: MethodOption = SparsityConfig.method,
     trials: Annotated[int, typer.Option(help=help_of(TuneSettings, "trials"))] = TuneSettings.trials,
-    seeds: Annotated[str, typer.Option(help=help_of(TuneSettings, "seeds"))] = ",".join(map(str, TuneSettings.seeds)),
-    alpha_range: Annotated[str, typer.Option(help=help_of(TuneSettings, "alpha_range"), metavar="LOW,HIGH")] = ",".join(map(str, TuneSettings.alpha_range)),
-    interval_range: Annotated[str, typer.Option(help=help_of(TuneSettings, "interval_range"), metavar="LOW,HIGH,STEP")] = ",".join(map(str, TuneSettings.interval_range)),
-    startup_trials: Annotated[int, typer.Option(help=help_of(TuneSettings, "startup_trials"))] = TuneSettings.startup_trials,
-    sampler_seed: Annotated[int, typer.Option(help=help_of(TuneSettings, "sampler_seed"))] = TuneSettings.sampler_seed,
-    storage: Annotated[Optional[str], typer.Option(help="An Optuna RDB URL (postgresql://user:password@host/db, mysql://...) for workers on several machines. Default: ROOT/tune.journal.")] = None,
+    seeds: Annotated[str, typer.Option(
+        help=help_of(TuneSettings, "seeds"))] = ",".join(map(str, TuneSettings.seeds)),
+    alpha_range: Annotated[str, typer.Option(
+        help=help_of(TuneSettings, "alpha_range"), metavar="LOW,HIGH",
+    )] = ",".join(map(str, TuneSettings.alpha_range)),
+    interval_range: Annotated[str, typer.Option(
+        help=help_of(TuneSettings, "interval_range"), metavar="LOW,HIGH,STEP",
+    )] = ",".join(map(str, TuneSettings.interval_range)),
+    startup_trials: Annotated[int, typer.Option(
+        help=help_of(TuneSettings, "startup_trials"))] = TuneSettings.startup_trials,
+    sampler_seed: Annotated[int, typer.Option(
+        help=help_of(TuneSettings, "sampler_seed"))] = TuneSettings.sampler_seed,
+    storage: Annotated[Optional[str], typer.Option(
+        help="An Optuna RDB URL (postgresql://user:password@host/db, mysql://...) for workers on several "
+        "machines. Default: ROOT/tune.journal.")] = None,
 ) -> None:
     """Search α and ΔT with TPE for one (method, distribution, density), the objective the mean
     over --seeds of the final validation accuracy; resumes to exactly --trials finished trials,
     and several processes on one ROOT share the study. Writes ROOT/tune.md, ROOT/tune.csv and
     ROOT/figures/tune-*.png. Every other `train` option applies to every run."""
     console = terminal.make_console()
-    with terminal.user_errors(console, lambda: "interrupted: the trial is failed and its runs resume when tune is started again"):
+    stopped = "interrupted: the trial is failed and its runs resume when tune is started again"
+    with terminal.user_errors(console, lambda: stopped):
         options = train_options_of(ctx, TUNE_SETS, "tune searches α and ΔT, and takes its seeds from --seeds")
         settings = tune_settings(trials, seeds, alpha_range, interval_range, startup_trials, sampler_seed)
         cfg, sparse_cfg = configs_from_options({**options, "method": method, "density": density,
@@ -258,7 +305,8 @@ def tune_settings(trials: int, seeds: str, alpha_range: str, interval_range: str
         alphas, intervals = comma_separated(alpha_range, float), comma_separated(interval_range, int)
         seed_list = comma_separated(seeds, int)
     except ValueError:
-        raise ValueError("--seeds takes integers, --alpha-range LOW,HIGH and --interval-range LOW,HIGH,STEP numbers") from None
+        raise ValueError("--seeds takes integers, --alpha-range LOW,HIGH and --interval-range LOW,HIGH,STEP "
+                         "numbers") from None
     if len(alphas) != 2 or len(intervals) != 3:
         raise ValueError("--alpha-range takes LOW,HIGH and --interval-range LOW,HIGH,STEP")
     return TuneSettings(trials, seed_list, alphas, intervals, startup_trials, sampler_seed)
@@ -277,7 +325,8 @@ def reproduce_command(
     ctx: typer.Context,
     study: Annotated[StudyName, typer.Argument(help="The report's table or figure (docs/report-map.md).")],
     root: Annotated[str, typer.Argument(help="Directory of the study's sweeps, studies and reports.")],
-    scale: Annotated[ScaleName, typer.Option(help="full: the report's runs; cpu: synthetic data, minutes; smoke: the tests' size.")] = "full",
+    scale: Annotated[ScaleName, typer.Option(
+        help="full: the report's runs; cpu: synthetic data, minutes; smoke: the tests' size.")] = "full",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands; run nothing.")] = False,
 ) -> None:
     """Run the sweep, tune, train and report commands of one of the report's tables or figures into
@@ -288,10 +337,12 @@ def reproduce_command(
         chosen = studies.STUDIES[study]
         found = studies.commands(chosen, studies.SCALES[scale], root, tuple(ctx.args))
         console.print(f"{study}: {chosen.item}; at full length {len(studies.full_runs(chosen))} runs, about "
-                      f"{studies.gpu_hours(chosen):g} GPU-hours (docs/report-map.md)", highlight=False, soft_wrap=True)
+                      f"{studies.gpu_hours(chosen):g} GPU-hours (docs/report-map.md)",
+                      highlight=False, soft_wrap=True)
         for i, command in enumerate(found, 1):
             step = command if dry_run else study_step(command)
-            console.print(f"[{i}/{len(found)}] python rigl.py {shlex.join(command)}{'' if step else ': done'}",
+            done = "" if step else ": done"
+            console.print(f"[{i}/{len(found)}] python rigl.py {shlex.join(command)}{done}",
                           highlight=False, soft_wrap=True)
             if step and not dry_run:
                 run_command(step)
@@ -337,17 +388,26 @@ def report_command(root: Annotated[str, typer.Argument(help="Directory holding f
 
 @app.command("bench")
 def bench_command(
-    models: Annotated[str, typer.Option(help="Comma-separated: wrn-22-2 (CIFAR shapes), resnet50 (ImageNet shapes).")] = ",".join(bench.MODELS),
-    methods: Annotated[str, typer.Option(help="Comma-separated sparse methods, each timed beside dense.")] = "static,set,rigl,snfs",
+    models: Annotated[str, typer.Option(
+        help="Comma-separated: wrn-22-2 (CIFAR shapes), resnet50 (ImageNet shapes).",
+    )] = ",".join(bench.MODELS),
+    methods: Annotated[str, typer.Option(
+        help="Comma-separated sparse methods, each timed beside dense.")] = "static,set,rigl,snfs",
     density: DensityOption = SparsityConfig.density,
-    update_interval: Annotated[int, typer.Option(help="ΔT: steps per timed window, one of them a mask update.")] = SparsityConfig.update_interval,
+    update_interval: Annotated[int, typer.Option(
+        help="ΔT: steps per timed window, one of them a mask update.")] = SparsityConfig.update_interval,
     batch_size: Annotated[int, typer.Option(help="Batch; 0 = 128 for wrn-22-2, 32 for resnet50.")] = 0,
-    repeats: Annotated[int, typer.Option(help="Rounds of dense and every method in turn; the median is kept.")] = 3,
+    repeats: Annotated[int, typer.Option(
+        help="Rounds of dense and every method in turn; the median is kept.")] = 3,
     device: DeviceOption = TrainConfig.device,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
-    inference: Annotated[bool, typer.Option("--inference", help="Time CPU inference instead: dense, channels_last, per-layer sparse kernels, ONNX Runtime (rigl_harness/deploy/inference.py).")] = False,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object instead of the table.")] = False,
+    inference: Annotated[bool, typer.Option(
+        "--inference", help="Time CPU inference instead: dense, channels_last, per-layer sparse kernels, "
+        "ONNX Runtime (rigl_harness/deploy/inference.py).")] = False,
     threads: Annotated[int, typer.Option(help="--inference: CPU threads.")] = 1,
-    layers: Annotated[bool, typer.Option("--layers", help="--inference: also the per-layer table of which layers went sparse.")] = False,
+    layers: Annotated[bool, typer.Option(
+        "--layers", help="--inference: also the per-layer table of which layers went sparse.")] = False,
 ) -> None:
     """Training step time of dense and of each sparse method, averaged over a ΔT window, one
     mask update alone, and peak memory, side by side in this process; ratios to dense."""
@@ -381,8 +441,11 @@ def bench_inference(density: float, repeats: int, threads: int, layers: bool, js
 def export_command(
     run_dir: Annotated[str, typer.Argument(help="A run directory (config.json, checkpoint.pt).")],
     fp16: Annotated[bool, typer.Option(help="Store the active values as fp16 (lossy, smaller).")] = False,
-    onnx_sparse: Annotated[bool, typer.Option(help="model.onnx with sparse initializers (smaller; ONNX Runtime reads it, not every runtime does).")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
+    onnx_sparse: Annotated[bool, typer.Option(
+        help="model.onnx with sparse initializers (smaller; ONNX Runtime reads it, not every runtime "
+        "does).")] = False,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object instead of the table.")] = False,
 ) -> None:
     """RUN_DIR/model.compact.pt (bitmask + active values, lossless) and RUN_DIR/model.onnx,
     each checked against the masked network (deploy/export.py)."""

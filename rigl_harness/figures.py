@@ -215,7 +215,7 @@ def run_title(run: dict) -> str:
 
 def plot_layer_densities(run: dict, path) -> Path | None:
     """Per-layer density of one run's final masks next to its initial allocation (epoch 0 of
-    densities.jsonl, when the run has one). None when the summary lists no layers."""
+    densities.jsonl). None when the summary lists no layers."""
     layers = run["layers"]
     if not layers:
         return None
@@ -240,7 +240,7 @@ def plot_layer_densities(run: dict, path) -> Path | None:
 
 def plot_density_over_training(run: dict, path) -> Path | None:
     """Each layer's density after every epoch (densities.jsonl): how RigL-SG/SM move the budget.
-    None when the run has fewer than two records (older runs have none)."""
+    None when there is no line to draw: fewer than two records."""
     records = run["densities"]
     if len(records) < 2:
         return None

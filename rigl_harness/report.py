@@ -281,18 +281,19 @@ def print_table(header: list[str], rows: list[list[str]], console,
 
 
 def read_jsonl(path: Path) -> list:
-    """The records of a JSON-lines file of a run; [] when it has none (older runs)."""
-    if not path.exists():
-        return []
+    """The records of a JSON-lines file of a finished run, which writes it before its summary.json;
+    a missing or unreadable one is named in one line."""
     try:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except ValueError as error:
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing: a finished run writes it before summary.json") from None
+    except (OSError, ValueError) as error:
         raise ValueError(f"{path} is not readable JSON lines ({error})") from None
 
 
 def read_densities(run_path) -> list[dict]:
-    """densities.jsonl: layer densities at epoch 0 and after every epoch; [] for older runs. A line
-    that is not {"epoch": int, "densities": {layer: number}} is named in one line."""
+    """densities.jsonl: layer densities at epoch 0 and after every epoch. A line that is not
+    {"epoch": int, "densities": {layer: number}} is named in one line."""
     path = Path(run_path) / "densities.jsonl"
     records = read_jsonl(path)
     for i, r in enumerate(records, 1):
@@ -303,14 +304,12 @@ def read_densities(run_path) -> list[dict]:
 
 
 def read_flops_history(run_path) -> list[tuple[int, float]]:
-    """(step, forward FLOPs of the masks ×dense) after every epoch, from metrics.jsonl; [] for runs
-    older than the record. A record whose step or ratio is not a number is named in one line."""
+    """(step, forward FLOPs of the masks ×dense) after every epoch, from metrics.jsonl. A record
+    whose step or ratio is not a number is named in one line."""
     path = Path(run_path) / "metrics.jsonl"
     points = []
     for i, r in enumerate(read_jsonl(path), 1):
-        if not isinstance(r, dict) or "inference_flops_ratio" not in r:
-            continue
-        if not (isinstance(r.get("step"), int) and is_number(r["inference_flops_ratio"])):
+        if not (isinstance(r, dict) and isinstance(r.get("step"), int) and is_number(r.get("inference_flops_ratio"))):
             raise ValueError(f"{path}: record {i} has no integer step and numeric inference_flops_ratio")
         points.append((r["step"], r["inference_flops_ratio"]))
     return points

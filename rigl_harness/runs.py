@@ -147,6 +147,22 @@ def locked(out: Path):
         yield
 
 
+def run_name(cell: dict, shown: set[str]) -> str:
+    """A run directory's name, the one scheme of every command (train's default --out under
+    runs/<dataset>-<model>-, a sweep's cells, tune's trials, a study's restarts' sources):
+    rigl-erk-d0.1-x1.0-s0; α (-a) and ΔT (-dt) when `shown`, the learning rate when one is set."""
+    name = cell["method"] if cell["method"] == "dense" else \
+        f"{cell['method']}-{cell['distribution']}-d{cell['density']}"
+    name += f"-x{cell['multiplier']}"
+    if "drop_fraction" in shown:
+        name += f"-a{cell['drop_fraction']}"
+    if "update_interval" in shown:
+        name += f"-dt{cell['update_interval']}"
+    if cell.get("lr") is not None:
+        name += f"-lr{cell['lr']}"
+    return name + f"-s{cell['seed']}"
+
+
 def check_out_dir(out: Path, config: dict, resume: bool) -> None:
     """A new run needs a directory that holds no run (or the same settings' run that never finished
     an epoch); --resume needs a checkpoint of the same settings. Anything else is refused, never

@@ -1,4 +1,4 @@
-"""Grids of training runs: the cells of a sweep, their run-directory names, which are done, and the grid trained."""
+"""Grids of training runs: the cells of a sweep, which are done, and the grid trained."""
 
 from __future__ import annotations
 
@@ -59,26 +59,11 @@ def cells(grid: dict[str, list]) -> list[dict]:
 
 
 def varied_fields(grid: dict[str, list], found: list[dict]) -> set[str]:
-    """The fields a cell name must show: those with several values, and α or ΔT away from the
+    """The fields a cell's run directory name (runs.run_name) must show: those with several values, and α or ΔT away from the
     configuration's defaults."""
     varied = {AXES[axis][0] for axis, values in grid.items() if len(values) > 1}
     return varied | {f for f in ("drop_fraction", "update_interval")
                      if any(c[f] != getattr(SparsityConfig, f) for c in found)}
-
-
-def cell_name(cell: dict, varied: set[str]) -> str:
-    """A readable run directory name, e.g. rigl-erk-d0.1-x1.0-s0 (α and ΔT when the sweep varies
-    them, the learning rate when --lrs gives one)."""
-    name = cell["method"] if cell["method"] == "dense" else \
-        f"{cell['method']}-{cell['distribution']}-d{cell['density']}"
-    name += f"-x{cell['multiplier']}"
-    if "drop_fraction" in varied:
-        name += f"-a{cell['drop_fraction']}"
-    if "update_interval" in varied:
-        name += f"-dt{cell['update_interval']}"
-    if cell.get("lr") is not None:
-        name += f"-lr{cell['lr']}"
-    return name + f"-s{cell['seed']}"
 
 
 def cell_state(out: Path) -> str:
@@ -93,7 +78,7 @@ def cell_configs(options: dict, cell: dict, root: Path, varied: set[str]) -> tup
     retrains the masks of the matching pruning cell."""
     cfg, sparse_cfg = configs_from_options({**options, **cell})
     if cell["method"] == "lottery":  # an absolute path: ROOT may be spelled otherwise on resuming
-        source = root.resolve() / cell_name({**cell, "method": "pruning"}, varied)
+        source = root.resolve() / runs.run_name({**cell, "method": "pruning"}, varied)
         cfg = dataclasses.replace(cfg, masks_from=str(source), init_from=str(source))
     return cfg, sparse_cfg
 
@@ -108,10 +93,10 @@ def run_grid(root: Path, grid: dict, options: dict, dry_run: bool, console) -> N
     varied = varied_fields(grid, found)
     configs = [cell_configs(options, cell, root, varied) for cell in found]
     for cell, (cfg, sparse_cfg) in zip(found, configs):  # a cell is done only with the settings asked for
-        check_cell(root / cell_name(cell, varied), cfg, sparse_cfg)
+        check_cell(root / runs.run_name(cell, varied), cfg, sparse_cfg)
     skipped = []
     for i, (cell, (cfg, sparse_cfg)) in enumerate(zip(found, configs), 1):
-        out = root / cell_name(cell, varied)
+        out = root / runs.run_name(cell, varied)
         state = cell_state(out)
         console.print(f"[{i}/{len(found)}] {out.name}: {state}", highlight=False)
         if dry_run or state == "done":

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from rigl import DROP_AND_GROW
-from rigl_harness import runs, sweep
+from rigl_harness import runs
 from train import start_run
 
 REFERENCE = {"drop_fraction": 0.3, "update_interval": 100}
@@ -290,11 +290,11 @@ def run_trial(study, trial, root: Path, cfg, sparse_cfg, settings: TuneSettings,
 
 
 def trial_runs(root: Path, sparse_cfg, multiplier: float, alpha: float, interval: int, seeds) -> list[Path]:
-    """The run directories of one trial, named as sweep names its cells."""
+    """The run directories of one trial, named as sweep names its cells (runs.run_name)."""
     cell = {"method": sparse_cfg.method, "distribution": sparse_cfg.distribution,
             "density": sparse_cfg.density, "multiplier": multiplier,
             "drop_fraction": alpha, "update_interval": interval}
-    return [root / sweep.cell_name({**cell, "seed": seed}, {"drop_fraction", "update_interval"})
+    return [root / runs.run_name({**cell, "seed": seed}, {"drop_fraction", "update_interval"})
             for seed in seeds]
 
 

@@ -24,9 +24,9 @@ LAYERS = {"conv1.weight": (16, 3, 3, 3), "group1.0.conv1.weight": (32, 16, 3, 3)
 def fake_run(root, name, method, distribution, density, seed, test_acc, multiplier=1.0,
              drop_fraction=0.3, update_interval=100, flops=(0.35, 0.35), history=3,
              layers=LAYERS, explored=None, flops_history=()):
-    """A finished run directory as report.py writes it: config.json, summary.json and, unless
-    history is None, densities.jsonl with epochs 0..history (densities drift a little); with
-    `flops_history`, metrics.jsonl with one record per ratio."""
+    """A finished run directory as `train` writes it: config.json, summary.json, densities.jsonl
+    with epochs 0..history (densities drift a little) and metrics.jsonl with one record per epoch,
+    its forward FLOPs ratio `flops_history` (default: the summary's, every epoch)."""
     out = root / name
     out.mkdir(parents=True)
     config = {"train": {"dataset": "cifar10", "model": "wrn-22-2", "epochs": 250,
@@ -42,15 +42,14 @@ def fake_run(root, name, method, distribution, density, seed, test_acc, multipli
                           for n, s in layers.items()],
                "train_flops_ratio": flops[0], "inference_flops_ratio": flops[1], "explored": explored}
     (out / "summary.json").write_text(json.dumps(summary))
-    if flops_history:
-        (out / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e + 1, "step": 10 * (e + 1),
-                                                               "inference_flops_ratio": r}) + "\n"
-                                                   for e, r in enumerate(flops_history)))
-    if history is not None:
-        lines = [json.dumps({"epoch": e, "densities": {n: d * (1 + 0.1 * e * (-1) ** i)
-                                                       for i, (n, d) in enumerate(final.items())}})
-                 for e in range(history + 1)]
-        (out / "densities.jsonl").write_text("\n".join(lines) + "\n")
+    ratios = flops_history or [flops[1]] * history
+    (out / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e + 1, "step": 10 * (e + 1),
+                                                           "inference_flops_ratio": r}) + "\n"
+                                               for e, r in enumerate(ratios)))
+    lines = [json.dumps({"epoch": e, "densities": {n: d * (1 + 0.1 * e * (-1) ** i)
+                                                   for i, (n, d) in enumerate(final.items())}})
+             for e in range(history + 1)]
+    (out / "densities.jsonl").write_text("\n".join(lines) + "\n")
     return out
 
 
@@ -153,7 +152,9 @@ def test_make_report_writes_and_prints_every_file(tmp_path):
     figures = tmp_path / "figures"
     expected = [figures / "accuracy_vs_density.png", figures / "accuracy_vs_flops.png",
                 figures / "layer_densities.png",
-                figures / "density_over_training_cifar10-wrn-22-2-rigl-sg-erk-d0.1-x1-a0.3-dt100.png"]
+                figures / "density_over_training_cifar10-wrn-22-2-rigl-sg-erk-d0.1-x1-a0.3-dt100.png",
+                figures / "flops_over_training_cifar10-wrn-22-2-d0.1.png",
+                figures / "flops_over_training_cifar10-wrn-22-2-d0.2.png"]
     assert result["figures"] == expected
     assert result["tables"] == [tmp_path / "report.md", tmp_path / "report.csv"]
     printed = console.file.getvalue()
@@ -166,13 +167,37 @@ def test_make_report_writes_and_prints_every_file(tmp_path):
     assert (result["runs"], result["groups"]) == (19, 8)
 
 
-def test_layer_densities_picks_rigl_erk_and_works_without_history(tmp_path):
+def test_layer_densities_picks_rigl_erk(tmp_path):
     runs = report.collect_runs(sweep(tmp_path))
     chosen = figures.representative_run(runs)
     assert (chosen["method"], chosen["distribution"], chosen["density"], chosen["seed"]) == \
         ("rigl", "erk", 0.1, 0)
-    old = report.run_record(fake_run(tmp_path, "old", "set", "erk", 0.1, 0, 91.0, history=None))
-    assert_png(figures.plot_layer_densities(old, tmp_path / "old.png"))
+    short = report.run_record(fake_run(tmp_path, "short", "set", "erk", 0.1, 0, 91.0, history=1))
+    assert_png(figures.plot_layer_densities(short, tmp_path / "short.png"))
+
+
+def test_a_run_without_its_records_is_named_not_reported_without_figures(tmp_path):
+    """No compatibility with runs older than their records: a finished run has both."""
+    for name in ("metrics.jsonl", "densities.jsonl"):
+        run = fake_run(tmp_path, name, "rigl", "erk", 0.1, 0, 92.0)
+        (run / name).unlink()
+        with pytest.raises(ValueError, match=f"{name} is missing: a finished run writes it before summary.json"):
+            report.run_record(run)
+    run = fake_run(tmp_path, "old-metrics", "rigl", "erk", 0.1, 0, 92.0)
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "step": 10}\n')  # no inference_flops_ratio
+    with pytest.raises(ValueError, match="metrics.jsonl: record 1 has no integer step and numeric"):
+        report.run_record(run)
+    for key in ("train_flops_ratio", "inference_flops_ratio", "epochs", "explored"):
+        run = fake_run(tmp_path, f"old-summary-{key}", "rigl", "erk", 0.1, 0, 92.0)
+        summary = json.loads((run / "summary.json").read_text())
+        del summary[key]
+        (run / "summary.json").write_text(json.dumps(summary))
+        with pytest.raises(ValueError, match=f"summary.json is not a run's summary: it has no {key}"):
+            report.run_record(run)
+        if key != "explored":  # null only for methods without masks
+            (run / "summary.json").write_text(json.dumps({**summary, key: None}))
+            with pytest.raises(ValueError, match=f"summary.json is not a run's summary: {key} is None"):
+                report.run_record(run)
 
 
 def test_nothing_to_plot_returns_none(tmp_path):
@@ -181,9 +206,9 @@ def test_nothing_to_plot_returns_none(tmp_path):
     assert figures.plot_accuracy_vs_density(dense, tmp_path / "a.png") is None
     no_flops = [{**g, "train_flops_ratio": None} for g in dense]
     assert figures.plot_accuracy_vs_flops(no_flops, tmp_path / "b.png") is None
-    old = report.run_record(fake_run(tmp_path, "old", "rigl-sm", "erk", 0.1, 0, 92.0, history=None, layers={}))
-    assert figures.plot_density_over_training(old, tmp_path / "c.png") is None
-    assert figures.plot_layer_densities(old, tmp_path / "d.png") is None
+    unmasked = report.run_record(fake_run(tmp_path, "unmasked", "rigl-sm", "erk", 0.1, 0, 92.0, history=0, layers={}))
+    assert figures.plot_density_over_training(unmasked, tmp_path / "c.png") is None  # one record: no line
+    assert figures.plot_layer_densities(unmasked, tmp_path / "d.png") is None  # no layers
     assert not list(tmp_path.glob("*.png"))
 
 
@@ -283,11 +308,12 @@ def test_exploration_is_tabulated_beside_table_2_and_in_the_csv(tmp_path):
 def test_flops_over_training_figure_per_task_and_density(tmp_path):
     fake_run(tmp_path, "sm", "rigl-sm", "erk", 0.1, 0, 92.0, flops_history=[0.20, 0.24, 0.25])
     fake_run(tmp_path, "rigl", "rigl", "uniform", 0.1, 0, 92.0, flops_history=[0.13, 0.13, 0.13])
-    fake_run(tmp_path, "old", "rigl", "erk", 0.2, 0, 92.0)  # no metrics.jsonl: no figure at d = 0.2
+    fake_run(tmp_path, "denser", "rigl", "erk", 0.2, 0, 92.0)  # a figure of its own at d = 0.2
+    fake_run(tmp_path, "dense", "dense", "erk", 0.1, 0, 93.0, flops=(1.0, 1.0))  # no masks: in no figure
     runs = report.collect_runs(tmp_path)
     assert report.run_record(tmp_path / "sm")["flops_history"] == [(10, 0.20), (20, 0.24), (30, 0.25)]
     paths = figures.flops_figures(runs, report.aggregate(runs), tmp_path / "figures")
-    assert paths == [tmp_path / "figures" / "flops_over_training_cifar10-wrn-22-2-d0.1.png"]
+    assert paths == [tmp_path / "figures" / f"flops_over_training_cifar10-wrn-22-2-d{d}.png" for d in ("0.1", "0.2")]
     assert_png(paths[0])
     levels = figures.flop_levels("cifar10", "wrn-22-2", 0.1)
     assert levels["Random (uniform)"] < levels["ERK"] < 1  # ERK at d = 0.1 costs more than uniform

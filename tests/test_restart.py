@@ -181,6 +181,16 @@ def test_match_flops_trains_at_the_solved_density_and_records_the_asked_one():
     assert saved["derived_from"] == {"match_flops": {"target": "uniform", "density": 0.2}}
 
 
+def test_a_run_at_uniforms_flops_trains_and_records_the_solved_density(tmp_path):
+    """start_run resolves the configuration asked for once, and trains and records the result."""
+    cfg, sparse_cfg = config(match_flops="uniform"), SparsityConfig(density=0.2, update_interval=2)
+    summary = train.start_run(cfg, sparse_cfg, tmp_path / "matched", resume=False, console=rich_console())
+    expected = flops.matching_density(cfg.model, cfg.dataset, sparse_cfg)
+    saved = json.loads((tmp_path / "matched" / "config.json").read_text())
+    assert saved["sparsity"]["density"] == expected and saved["derived_from"]["match_flops"]["density"] == 0.2
+    assert abs(summary["density"] - expected) < 0.01
+
+
 def test_flops_command_shows_the_matched_density():
     result = cli("flops", "--density", "0.1", "--match-flops", "uniform", "--json")
     assert result.returncode == 0, result.stderr

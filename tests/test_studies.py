@@ -9,41 +9,47 @@ import pytest
 from rich.console import Console
 
 from helpers import REPO
-from rigl_harness import cli, studies, sweep
+from rigl_harness import cli, runs, studies, sweep
 from rigl_harness.runs import UsageError
 from rigl_harness.studies import SCALES, STUDIES
 
 MAP = (REPO / "docs" / "report-map.md").read_text(encoding="utf-8")
 
 
+def option_values(command: list[str]) -> dict[str, str]:
+    """A printed study command's options and their values (every option of a study takes one)."""
+    start = next((i for i, part in enumerate(command) if part.startswith("--")), len(command))
+    return dict(zip(command[start::2], command[start + 1::2]))
+
+
 def test_a_scale_adds_its_interval_only_where_a_command_sets_none_and_its_options_last():
     lr = studies.commands(STUDIES["lr"], SCALES["cpu"], "R")
     # the figure's own ΔT = 100, 200, 500, 750, in proportion to the CPU runs' ΔT = 4 (of the paper's 100)
-    assert [studies.option_values(c)["--update-intervals"] for c in lr[:4]] == ["4", "8", "20", "30"]
+    assert [option_values(c)["--update-intervals"] for c in lr[:4]] == ["4", "8", "20", "30"]
     assert lr[0].count("--update-intervals") == 1
     full = studies.commands(STUDIES["lr"], SCALES["full"], "R")
-    assert [studies.option_values(c)["--update-intervals"] for c in full[:4]] == ["100", "200", "500", "750"]
+    assert [option_values(c)["--update-intervals"] for c in full[:4]] == ["100", "200", "500", "750"]
     table3 = studies.commands(STUDIES["table3"], SCALES["cpu"], "R")[0]
     assert table3[-len(SCALES["cpu"].options):] == list(SCALES["cpu"].options)  # the last --dataset wins
     assert table3.count("--dataset") == 2 and table3[table3.index("--dataset") + 1] == "cifar100"
-    assert studies.option_values(table3)["--update-intervals"] == "4" and studies.option_values(table3)["--seeds"] == "0,1"
+    assert option_values(table3)["--update-intervals"] == "4" and option_values(table3)["--seeds"] == "0,1"
     table1 = studies.commands(STUDIES["table1"], SCALES["cpu"], "R")[0]
-    assert table1.count("--val-size") == 1 and studies.option_values(table1)["--val-size"] == "0"  # the study's own
+    assert table1.count("--val-size") == 1 and option_values(table1)["--val-size"] == "0"  # the study's own
     tune = studies.commands(STUDIES["table4"], SCALES["smoke"], "R")[0]
-    assert (studies.option_values(tune)["--trials"], studies.option_values(tune)["--interval-range"]) == ("2", "1,100,1")
+    assert (option_values(tune)["--trials"], option_values(tune)["--interval-range"]) == ("2", "1,100,1")
     smoke = studies.commands(STUDIES["lr"], SCALES["smoke"], "R")
-    assert studies.option_values(smoke[0])["--lrs"] == "0.1,0.05" and studies.option_values(smoke[0])["--densities"] == "0.1"
+    assert option_values(smoke[0])["--lrs"] == "0.1,0.05" and option_values(smoke[0])["--densities"] == "0.1"
 
 
 @pytest.mark.parametrize("scale", ["full", "cpu", "smoke"])
 def test_restarts_start_from_the_run_directories_the_sweep_writes(scale):
     found = studies.commands(STUDIES["table5"], SCALES[scale], "R")
-    grid = {axis: studies.option_values(found[0]).get(f"--{axis.replace('_', '-')}", studies.default_of(field))
+    grid = {axis: option_values(found[0]).get(f"--{axis.replace('_', '-')}", studies.default_of(field))
             for axis, (field, _) in sweep.AXES.items()}
     grid = sweep.parse_grid(grid)
     cells = sweep.cells(grid)
-    written = {f"R/redistribution/{sweep.cell_name(c, sweep.varied_fields(grid, cells))}" for c in cells}
-    restarts = [studies.option_values(c) for c in found if c[0] == "train"]
+    written = {f"R/redistribution/{runs.run_name(c, sweep.varied_fields(grid, cells))}" for c in cells}
+    restarts = [option_values(c) for c in found if c[0] == "train"]
     per_reading = 2 * len(SCALES[scale].seeds) * (1 if scale == "smoke" else 2)
     for option in ("--masks-from", "--densities-from"):  # both readings of Table 5's restart
         sources = [r[option] for r in restarts if option in r]

@@ -7,6 +7,10 @@ import sys
 import pytest
 
 from helpers import REPO, cli, read_jsonl, run, wait_for_first_epoch
+from rigl import SparsityConfig
+from rigl_harness import cli as command_line
+from rigl_harness import runs, studies, sweep
+from train import TrainConfig
 
 
 # --- `python rigl.py sweep` ---------------------------------------------
@@ -14,6 +18,26 @@ from helpers import REPO, cli, read_jsonl, run, wait_for_first_epoch
 
 SWEEP_SMOKE = ["--dataset", "synthetic", "--model", "wrn-10-1", "--train-subset", "512", "--val-size", "256",
                "--test-subset", "256", "--batch-size", "64", "--update-intervals", "4"]
+
+
+@pytest.mark.parametrize("changed, name", [({}, "rigl-erk-d0.1-x1.0-s0"),
+                                           ({"drop_fraction": 0.5}, "rigl-erk-d0.1-x1.0-a0.5-s0"),
+                                           ({"update_interval": 4, "lr": 0.05}, "rigl-erk-d0.1-x1.0-dt4-lr0.05-s0")])
+def test_train_names_its_default_run_directory_as_a_sweep_names_the_same_cell(changed, name):
+    """One naming scheme (runs.run_name): train's default --out is runs/<dataset>-<model>-<the cell's name>."""
+    grid = sweep.parse_grid({**{axis: studies.default_of(field) for axis, (field, _) in sweep.AXES.items()},
+                             **{axis: str(changed[field]) for axis, (field, _) in sweep.AXES.items() if field in changed}})
+    [cell] = sweep.cells(grid)
+    assert runs.run_name(cell, sweep.varied_fields(grid, [cell])) == name
+    sparse_cfg = SparsityConfig(**{k: v for k, v in changed.items() if k != "lr"})
+    assert command_line.default_name(TrainConfig(), sparse_cfg, changed.get("lr")) == name
+
+
+def test_train_writes_its_default_run_directory_under_the_name_a_sweep_gives_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run("train", *SWEEP_SMOKE[:-2], "--update-interval", "4", "--drop-fraction", "0.5", "--epochs", "1")
+    assert result.returncode == 0, result.stdout
+    assert (tmp_path / "runs" / "synthetic-wrn-10-1-rigl-erk-d0.1-x1.0-a0.5-dt4-s0" / "summary.json").is_file()
 
 
 def test_sweep_lists_its_cells_and_names_them_readably(tmp_path):

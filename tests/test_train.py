@@ -171,6 +171,31 @@ def test_lottery_retrains_the_pruning_masks_from_the_same_initialisation(tmp_pat
             build_run(replace(ticket_cfg, **{missing: None}), SparsityConfig(method="lottery", density=0.3))
 
 
+def test_a_run_whose_densities_move_resumes_with_the_same_flops(tmp_path, monkeypatch):
+    """RigL-SM moves layer budgets, so the forward FLOPs of its masks change: a resumed run counts
+    its FLOPs from the restored masks, and ends with the uninterrupted run's summary and records."""
+    cfg = resolve_recipe(TrainConfig(dataset="synthetic", train_subset=256, val_size=0, epochs=2, batch_size=64))
+    sparse_cfg = SparsityConfig(method="rigl-sm", density=0.3, update_interval=3)
+    straight = train.start_run(cfg, sparse_cfg, tmp_path / "straight", resume=False, console=rich_console())
+    end_epoch = train.end_epoch
+
+    def stop_after_the_first(run, *args):
+        end_epoch(run, *args)
+        if run.epoch == 1:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train, "end_epoch", stop_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        train.start_run(cfg, sparse_cfg, tmp_path / "stopped", resume=False, console=rich_console())
+    monkeypatch.setattr(train, "end_epoch", end_epoch)
+    resumed = train.start_run(cfg, sparse_cfg, tmp_path / "stopped", resume=True, console=rich_console())
+    moved = read_jsonl(tmp_path / "straight" / "densities.jsonl")
+    assert moved[0]["densities"] != moved[-1]["densities"], "the budgets did not move: nothing is tested"
+    without_time = [lambda m: {k: v for k, v in m.items() if k not in ("elapsed", "wall_time")}][0]
+    assert without_time(resumed) == without_time(straight)
+    assert [without_time(m) for m in read_jsonl(tmp_path / "straight" / "metrics.jsonl")] == \
+           [without_time(m) for m in read_jsonl(tmp_path / "stopped" / "metrics.jsonl")]
+
+
 def test_kill_and_resume_ends_bit_identical(tmp_path):
     args = ["train", *SMOKE, "--epochs", "3", "--method", "set"]
     straight = cli(*args, "--out", str(tmp_path / "straight"))
