@@ -424,6 +424,11 @@ class Sparsity:
             raise ValueError(f"the model has no trainable convolution, Linear or Conv1D weight to make "
                              f"sparse; select weights with extra_weights, among "
                              f"{list(model_weights(model))[:8]}")
+        sparse_gradients = with_sparse_gradients(model, self.weights)  # Part II
+        if sparse_gradients:
+            raise ValueError(f"{sparse_gradients[0]} has sparse gradients (nn.Embedding(sparse=True)), which a "
+                             f"mask update can neither rank nor mask: build it with sparse=False, or leave it "
+                             f"out of extra_weights")
         self.parameter_count = sum(p.numel() for p in model.parameters())
         self.dense_layers = dense_layers_of(list(self.weights), config, weight_aliases(model, self.weights))
         self.initial_densities = initial_densities({n: w.shape for n, w in self.weights.items()}, config,
@@ -443,6 +448,8 @@ class Sparsity:
         self.masks = self._initial_masks()
         self.ever_active = {name: mask.clone() for name, mask in self.masks.items()}
         self._gradient_hooks = []  # wrap() adds them (Part II)
+        self._zeroed: dict[str, tuple[torch.Tensor, int]] = {}  # see apply_masks
+        self._keeps_zeroed = True
         self.apply_masks()
         log_dense_weights(model, self)  # Part II
         if config.method in DROP_AND_GROW and self.t_end <= config.update_interval:
@@ -477,6 +484,8 @@ class Sparsity:
         self.step_count += 1
         cfg, t = self.config, self.step_count
         self.masks_changed = False
+        self._keeps_zeroed = False  # training has begun: what the masks zeroed is no weight to restore
+        self._zeroed.clear()
         if cfg.method in DROP_AND_GROW and is_update_step(t, cfg.update_interval, self.t_end):
             if not self.gradients_finite():  # e.g. an fp16 overflow: no ranking can be trusted
                 log.warning("step %d: non-finite gradients, mask update skipped", t)
@@ -512,9 +521,36 @@ class Sparsity:
 
     @torch.no_grad()
     def apply_masks(self) -> None:
-        """Masked weights become exactly 0; call after every optimizer step."""
+        """Masked weights become exactly 0; call after every optimizer step.
+
+        Until the first training step after this Sparsity is built or loaded, the nonzero values
+        it zeroes are kept, with the weight's version counter: masks loaded next (load_state_dict,
+        set_masks) bring back those they hold, unless the weight was written since. So building a
+        Sparsity on a model whose trained weights are already loaded, then loading its saved state,
+        loses no weight, in whichever order a user or a trainer loads them.
+        """
         for name, mask in self.masks.items():
-            self.weights[name].mul_(mask)
+            weight = self.weights[name]
+            zeroed = torch.where(mask, 0.0, weight) if self._keeps_zeroed else None
+            weight.mul_(mask)
+            if zeroed is not None:
+                kept = self._zeroed.pop(name, None)
+                if kept is not None and kept[1] == weight._version - 1:  # untouched since: still zero there
+                    zeroed += kept[0]
+                if zeroed.any():
+                    self._zeroed[name] = (zeroed, weight._version)
+
+    @torch.no_grad()
+    def _bring_back(self, name: str, mask: torch.Tensor | None) -> None:
+        """The values that apply_masks zeroed in weight `name` and `mask` keeps (None: all), if the
+        weight has not been written since; they are 0 there now."""
+        kept = self._zeroed.pop(name, None)
+        weight = self.weights[name]
+        if kept is None or kept[1] != weight._version:
+            return
+        weight.add_(kept[0] if mask is None else kept[0] * mask)
+        if mask is not None:
+            self._zeroed[name] = (kept[0] * ~mask, weight._version)
 
     def wrap(self, optimizer: torch.optim.Optimizer | None = None) -> SparseOptimizer:
         """The optimizer as one whose step() runs these lines, for trainers that call
@@ -628,6 +664,8 @@ class Sparsity:
                 raise ValueError(f"mask {name} of shape {tuple(mask.shape)} fits no masked weight")
         self.masks = {name: mask.to(self.generator.device, torch.bool) for name, mask in masks.items()}
         self.ever_active = {name: mask.clone() for name, mask in self.masks.items()}  # explored from here on
+        for name in self.weights:  # a layer left without a mask keeps all of its weights
+            self._bring_back(name, self.masks.get(name))
         self.apply_masks()
 
     # -- inspection and checkpoints -----------------------------------------------------------
@@ -679,11 +717,20 @@ class Sparsity:
                 "explored": self.exploration_rate()}
 
     def __repr__(self) -> str:
+        """The header: the share of the parameters under masks and their density, the share held by
+        weights without a mask (dense by choice, by the capping, or by the method); then each
+        masked weight, and the total over all of them."""
         cfg, rows, total = self.config, self.layer_stats(), self.total_row()
         width = max(len(r["name"]) for r in rows)
-        lines = [f"Sparsity(method={cfg.method}, distribution={cfg.distribution}, "
-                 f"density={total['density']:.4f} of the masked weights, which are "
-                 f"{100 * total['total'] / self.parameter_count:.1f}% of the parameters, "
+        under = sum(self.weights[name].numel() for name in self.masks)
+        unmasked = sum(w.numel() for name, w in self.weights.items() if name not in self.masks)
+
+        def share(count: int) -> str:
+            return f"{100 * count / self.parameter_count:.1f}% of the parameters"
+        masked = (f"density={sum(self.active_counts().values()) / under:.4f} under masks ({share(under)})"
+                  if under else "no masks")
+        lines = [f"Sparsity(method={cfg.method}, distribution={cfg.distribution}, {masked}, "
+                 f"dense without a mask: {share(unmasked)}, "
                  f"explored={'n/a' if total['explored'] is None else format(total['explored'], '.4f')}, "
                  f"step={self.step_count}/{self.total_steps}, "
                  f"update_interval={cfg.update_interval}, t_end={self.t_end})"]
@@ -713,9 +760,11 @@ class Sparsity:
         for name, mask in masks.items():
             self.masks[name] = mask.to(self.masks[name].device)
             self.ever_active[name] = ever_active[name].to(self.masks[name].device) | self.masks[name]
+            self._bring_back(name, self.masks[name])  # weights loaded before this Sparsity was built
         self.step_count = state["step_count"]
         self.generator.set_state(state["generator"].cpu())  # a trainer may have moved it
         self.last_update = dict(state["last_update"])
+        self._keeps_zeroed = True  # until training resumes: a trainer may load again
         self.apply_masks()
 
     def _check_mask_shapes(self, what: str, masks: dict[str, torch.Tensor]) -> None:
@@ -833,14 +882,24 @@ def dense_parameters(model: nn.Module, masked: dict[str, nn.Parameter]) -> dict[
 
 def left_dense(model: nn.Module, masked: dict[str, nn.Parameter]) -> dict[str, nn.Module]:
     """The trainable weights (ndim >= 2) that stay dense because of their module's type, each
-    Parameter once: the weights a user may not know are dense, with their modules."""
+    Parameter once, with their modules: the weights a user may not know are dense. Only a module's
+    weights count (a name with "weight" in its last part: `weight`, `weight_ih_l0`, `in_proj_weight`);
+    position-bias tables, class tokens and layer scales are parameters nobody sparsifies."""
     seen = {id(p) for p in masked.values()}
     found = {}
     for name, (param, module) in model_weights(model).items():
-        if param.requires_grad and id(param) not in seen:
+        if param.requires_grad and id(param) not in seen and "weight" in name.rpartition(".")[2]:
             found[name] = module
             seen.add(id(param))
     return found
+
+
+def with_sparse_gradients(model: nn.Module, weights: dict[str, nn.Parameter]) -> list[str]:
+    """The weights among `weights` that a module with sparse gradients holds (nn.Embedding or
+    nn.EmbeddingBag built with sparse=True), under any of their names."""
+    chosen = {id(w) for w in weights.values()}
+    return [name for name, (param, module) in model_weights(model).items()
+            if id(param) in chosen and getattr(module, "sparse", False) is True]
 
 
 def unwrapped(model: nn.Module) -> nn.Module:
@@ -889,7 +948,8 @@ def log_dense_weights(model: nn.Module, sparsity: Sparsity) -> None:
         kinds = sorted({type(m).__name__ for m in dense.values()})
         shown = ", ".join(list(dense)[:4]) + (", ..." if len(dense) > 4 else "")
         log.warning("%d weight(s), %.1f%% of the parameters, stay dense (of %s: %s): select them in "
-                    "extra_weights by name, glob pattern or module type%s", len(dense), 100 * share,
+                    "extra_weights by name, glob pattern or module type%s; or keep them dense and silence "
+                    "this with logging.getLogger(\"rigl\").setLevel(logging.ERROR)", len(dense), 100 * share,
                     ", ".join(kinds), shown, "; mask_depthwise=True masks depthwise convolutions"
                     if any(is_depthwise(m) for m in dense.values()) else "")
     config = sparsity.config

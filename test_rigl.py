@@ -4,6 +4,7 @@ The harness's tests (training loop, command line, FLOPs, reports, export) are in
 """
 
 import ast
+import copy
 from dataclasses import replace
 import math
 import pathlib
@@ -783,6 +784,143 @@ def test_state_dict_round_trip_restores_masks_counters_and_generator():
         assert torch.equal(straight.ever_active[name], resumed.ever_active[name])
         assert torch.equal(straight.weights[name], resumed.weights[name])
     assert resumed.exploration_rate() == straight.exploration_rate() > straight.total_row()["density"]
+
+
+RESUME_CONFIG = SparsityConfig(density=0.2, update_interval=2, t_end=1.0)
+"""RigL with a mask update every other step, to the end: updates come before and after the checkpoint."""
+
+
+def wrapped_steps(model, optimizer, steps, batch=8):
+    """A trainer's loop over a wrapped optimizer: backward, clip, step()."""
+    for _ in range(steps):
+        x, y = torch.randn(batch, 3, 8, 8), torch.randint(0, 10, (batch,))
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+
+def resume_weights(wrap: bool, load) -> tuple[dict, dict]:
+    """An uninterrupted 12-step run and one checkpointed at step 6 and resumed by `load(saved)`,
+    which returns (model, optimizer, sparsity) after loading in its own order; both runs see the
+    same batches after the checkpoint. Their final (weights, masks)."""
+    def continued(model, optimizer, sparsity):
+        torch.manual_seed(123)
+        if wrap:
+            wrapped_steps(model, optimizer, 6)
+        else:
+            train_steps(model, optimizer, sparsity, 6)
+        return {n: p.detach().clone() for n, p in model.state_dict().items()}, dict(sparsity.masks)
+    model = small_net()
+    optimizer = sgd(model)
+    sparsity = Sparsity(model, optimizer, RESUME_CONFIG, total_steps=12)
+    optimizer = sparsity.wrap(optimizer) if wrap else optimizer
+    torch.manual_seed(7)
+    (wrapped_steps(model, optimizer, 6) if wrap else train_steps(model, optimizer, sparsity, 6))
+    saved = copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "sparsity": sparsity.state_dict()})  # as torch.save would: nothing shared
+    fresh = Sparsity(small_net(), None, RESUME_CONFIG, total_steps=12)
+    assert any(not torch.equal(fresh.masks[n], m) for n, m in saved["sparsity"]["masks"].items())
+    straight = continued(model, optimizer, sparsity)
+    return straight, continued(*load(saved))
+
+
+def weights_then_sparsity(saved):
+    """Load the model's weights, then build the Sparsity (its random masks), then load its state."""
+    model = small_net()
+    model.load_state_dict(saved["model"])
+    optimizer = sgd(model)
+    sparsity = Sparsity(model, optimizer, RESUME_CONFIG, total_steps=12)
+    optimizer.load_state_dict(saved["optimizer"])
+    sparsity.load_state_dict(saved["sparsity"])
+    return model, optimizer, sparsity
+
+
+def sparsity_then_weights(saved):
+    model = small_net()
+    optimizer = sgd(model)
+    sparsity = Sparsity(model, optimizer, RESUME_CONFIG, total_steps=12)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    sparsity.load_state_dict(saved["sparsity"])
+    return model, optimizer, sparsity
+
+
+def masks_then_weights(saved):
+    model = small_net()
+    optimizer = sgd(model)
+    sparsity = Sparsity(model, optimizer, RESUME_CONFIG, total_steps=12)
+    sparsity.load_state_dict(saved["sparsity"])
+    optimizer.load_state_dict(saved["optimizer"])
+    model.load_state_dict(saved["model"])
+    return model, optimizer, sparsity
+
+
+def trainer_resume(weights_first: bool, trained_first: bool = False):
+    """A trainer's resume (Hugging Face Trainer with accelerate): the optimizer is wrapped; the
+    checkpoint's weights are loaded before or after the Sparsity is built (or after it has trained
+    a few steps in this process); accelerate's prepare round-trips the optimizer's state_dict (the
+    Sparsity's own masks); then the checkpoint's optimizer state, masks included, is loaded."""
+    def load(saved):
+        model = small_net()
+        if weights_first:
+            model.load_state_dict(saved["model"])
+        inner = sgd(model)
+        sparsity = Sparsity(model, inner, RESUME_CONFIG, total_steps=12)
+        optimizer = sparsity.wrap(inner)
+        if trained_first:
+            wrapped_steps(model, optimizer, 3)
+        if not weights_first:
+            model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(optimizer.state_dict())
+        optimizer.load_state_dict(saved["optimizer"])
+        return model, optimizer, sparsity
+    return load
+
+
+@pytest.mark.parametrize("wrap, load", [
+    (False, weights_then_sparsity), (False, sparsity_then_weights), (False, masks_then_weights),
+    (True, trainer_resume(weights_first=True)), (True, trainer_resume(weights_first=False)),
+    (True, trainer_resume(weights_first=False, trained_first=True))],
+    ids=["weights-sparsity-state", "sparsity-weights-state", "sparsity-state-weights",
+         "trainer-weights-first", "trainer-weights-after", "trainer-after-training"])
+def test_resume_in_any_order_continues_bit_identically(wrap, load):
+    """No order of loading the weights, building the Sparsity and loading its state (and, for a
+    trainer, the wrapped optimizer's) loses a weight: the resumed run, with mask updates after its
+    checkpoint, ends with the uninterrupted run's weights and masks, bit for bit."""
+    (weights, masks), (resumed_weights, resumed_masks) = resume_weights(wrap, load)
+    for name, tensor in weights.items():
+        assert torch.equal(tensor, resumed_weights[name]), name
+    for name, mask in masks.items():
+        assert torch.equal(mask, resumed_masks[name]), name
+
+
+def test_masks_from_another_run_keep_the_fresh_weights_they_hold():
+    """set_masks (--masks-from without --init-from): the fresh initialisation under the given masks,
+    not under this Sparsity's own random masks as well."""
+    source = Sparsity(small_net(), None, replace(RESUME_CONFIG, seed=5), total_steps=12)
+    model = small_net()
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    sparsity = Sparsity(model, None, RESUME_CONFIG, total_steps=12)
+    sparsity.set_masks(source.masks)
+    for name, mask in source.masks.items():
+        assert torch.equal(sparsity.weights[name], initial[name] * mask), name
+
+
+def test_weights_written_after_the_masks_are_never_overwritten_by_what_the_masks_zeroed():
+    """What apply_masks kept is stale once the weight is written (a checkpoint loaded in place):
+    a grown connection saved at exactly 0 stays 0."""
+    model = small_net()
+    sparsity = Sparsity(model, None, RESUME_CONFIG, total_steps=12)
+    state = sparsity.state_dict()
+    other = Sparsity(small_net(), None, replace(RESUME_CONFIG, seed=5), total_steps=12)
+    state["masks"] = {n: m.clone() for n, m in other.masks.items()}
+    state["ever_active"] = {n: m.clone() for n, m in other.masks.items()}
+    with torch.no_grad():
+        for weight in sparsity.weights.values():
+            weight.zero_()  # a checkpoint whose weights are all 0, loaded in place
+    sparsity.load_state_dict(state)
+    assert all(not w.any() for w in sparsity.weights.values())
 
 
 def test_load_state_dict_refuses_other_layers():

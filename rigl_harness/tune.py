@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import json
+import os
+import random
 import re
 import time
 import warnings
@@ -80,18 +83,85 @@ def make_sampler(settings: TuneSettings, trial_index: int):
 # ---------------------------------------------------------------------------------------------
 
 
-def open_storage(root: Path, url: str | None):
-    """ROOT/tune.journal by default; otherwise the RDB URL, a bad one refused in one line."""
+CREATION_RACES = ("already exists", "duplicate key", "UNIQUE constraint failed", "database is locked")
+"""What a database answers a worker that creates a table or row another worker created a moment before."""
+OPEN_ATTEMPTS = 8
+"""How often a worker tries to open a database whose tables others are creating, a little later each time."""
+
+
+def open_storage(root: Path, url: str | None, console):
+    """ROOT/tune.journal by default (a torn last line repaired first); otherwise the RDB URL. Workers
+    started together on an empty database race to create its tables: the losers try again; a bad
+    URL is refused in one line."""
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if url is None:
         from optuna.storages.journal import JournalFileBackend
+        repair_journal(root / "tune.journal", console)
         return optuna.storages.JournalStorage(JournalFileBackend(str(root / "tune.journal")))
+    for attempt in range(1, OPEN_ATTEMPTS + 1):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except Exception as error:  # SQLAlchemy and the drivers raise many kinds, by what is wrong
+            if attempt < OPEN_ATTEMPTS and any(words in str(error) for words in CREATION_RACES):
+                time.sleep(0.1 * attempt * (1 + random.random()))
+                continue
+            raise runs.UsageError(f"--storage {hide_password(url)} cannot be opened: {first_line(error)}") from None
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def repair_journal(path: Path, console) -> None:
+    """A journal whose last line was cut off (a crash or a full disk in the middle of an append):
+    Optuna never applied that line, and would fail to read every line appended after it. Under
+    Optuna's own journal lock, the torn bytes move to PATH.torn-TIME and the journal ends with its
+    last whole line; a last line that is whole JSON and only lacks its newline gets it."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    from optuna.storages.journal import JournalFileSymlinkLock
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
     try:
-        return optuna.storages.RDBStorage(url)
-    except Exception as error:  # SQLAlchemy and the drivers raise many kinds, by what is wrong
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise runs.UsageError(f"--storage {hide_password(url)} cannot be opened: {first}") from None
+        data = path.read_bytes()
+        if data.endswith(b"\n"):
+            return
+        cut = data.rfind(b"\n") + 1
+        torn = data[cut:]
+        try:
+            json.loads(torn)
+            whole = True
+        except ValueError:
+            whole = False
+        if whole:
+            with open(path, "ab") as handle:
+                handle.write(b"\n")
+            return
+        kept = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
+        runs.atomic_write(kept, lambda handle: handle.write(torn))
+        with open(path, "r+b") as handle:
+            handle.truncate(cut)
+            os.fsync(handle.fileno())
+    finally:
+        lock.release()
+    console.print(f"{path}: its last line was cut off in the middle of a write ({len(torn)} bytes, never "
+                  f"applied); moved it to {kept.name} and continued from the line before", highlight=False)
+
+
+@contextlib.contextmanager
+def storage_errors(url: str | None):
+    """A database that fails or goes away mid-study (SQLAlchemy's errors, Optuna's storage error)
+    ends the command in one line, exit code 2; the study is kept, and the same command continues it."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+    try:
+        yield
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+        cause = runs.chained(error, SQLAlchemyError) or error
+        where = f"--storage {hide_password(url)}" if url else "the study's storage"
+        raise runs.UsageError(f"{where} failed: {first_line(cause)}; the study is kept, run the same command "
+                              f"again once the database is back") from None
 
 
 def hide_password(url: str) -> str:
@@ -210,21 +280,23 @@ def tune(root: Path, cfg, sparse_cfg, settings: TuneSettings, storage_url: str |
     if cfg.val_size < 1:
         raise ValueError("tune's objective is the validation accuracy: --val-size must be at least 1")
     root.mkdir(parents=True, exist_ok=True)
-    storage, name = open_storage(root, storage_url), study_name(sparse_cfg)
-    with file_lock(root / ".tune.lock"):
-        study = open_study(storage, name, fixed_config(cfg, sparse_cfg), settings.space())
-    console.print(f"study {name}: {settings.trials} trials × seeds {', '.join(map(str, settings.seeds))}",
-                  highlight=False)
-    while (asked := next_trial(study, root, settings, console)) != "finished":
-        if asked is None:
-            time.sleep(POLL_SECONDS)  # the last trials run elsewhere: wait in case one dies
-            continue
-        trial, handle = asked
-        with handle:
-            run_trial(study, trial, root, cfg, sparse_cfg, settings, console)
-    from rigl_harness import tune_report
-    with file_lock(root / ".tune.lock"):
-        return tune_report.write_outputs(root, storage, console)
+    name = study_name(sparse_cfg)
+    with storage_errors(storage_url):
+        with file_lock(root / ".tune.lock"):  # workers on one ROOT create the storage and the study in turn
+            storage = open_storage(root, storage_url, console)
+            study = open_study(storage, name, fixed_config(cfg, sparse_cfg), settings.space())
+        console.print(f"study {name}: {settings.trials} trials × seeds {', '.join(map(str, settings.seeds))}",
+                      highlight=False)
+        while (asked := next_trial(study, root, settings, console)) != "finished":
+            if asked is None:
+                time.sleep(POLL_SECONDS)  # the last trials run elsewhere: wait in case one dies
+                continue
+            trial, handle = asked
+            with handle:
+                run_trial(study, trial, root, cfg, sparse_cfg, settings, console)
+        from rigl_harness import tune_report
+        with file_lock(root / ".tune.lock"):
+            return tune_report.write_outputs(root, storage, console)
 
 
 def next_trial(study, root: Path, settings: TuneSettings, console):

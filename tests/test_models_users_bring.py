@@ -137,7 +137,52 @@ def test_an_lstm_left_dense_is_one_warning_naming_its_share(caplog):
     assert warnings[0].startswith(f"4 weight(s), {100 * lstm_share:.1f}% of the parameters, stay dense (of LSTM:")
     assert "extra_weights by name, glob pattern or module type" in warnings[0]
     assert list(sparsity.weights) == ["head.weight"]
-    assert f"which are {100 * 32 * 4 / sparsity.parameter_count:.1f}% of the parameters" in repr(sparsity)
+    assert f"under masks ({100 * 32 * 4 / sparsity.parameter_count:.1f}% of the parameters)" in repr(sparsity)
+    assert 'silence this with logging.getLogger("rigl").setLevel(logging.ERROR)' in warnings[0]
+
+
+class VisionTransformerBits(nn.Module):
+    """What a ViT or Swin holds beside its Linear layers: a class token, a position embedding, a
+    relative-position bias table and a layer scale, none of which anyone sparsifies."""
+
+    def __init__(self):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 16))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 5, 16))
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(9, 2))
+        self.layer_scale = nn.Parameter(torch.ones(1, 1, 16))
+        self.mlp = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 4)
+
+
+def test_the_warning_names_only_weights_a_user_would_sparsify(caplog):
+    with caplog.at_level(logging.WARNING, logger="rigl"):
+        Sparsity(VisionTransformerBits(), None, SparsityConfig(), 10)
+    assert left_dense_warnings(caplog) == []
+    model = VisionTransformerBits()
+    model.embed = nn.Embedding(10, 16)  # an embedding's weight is one a user may mean to sparsify
+    with caplog.at_level(logging.WARNING, logger="rigl"):
+        Sparsity(model, None, SparsityConfig(), 10)
+    [warning] = left_dense_warnings(caplog)
+    assert "(of Embedding: embed.weight)" in warning
+
+
+def test_an_embedding_with_sparse_gradients_is_refused_when_selected():
+    model = nn.Sequential(nn.Embedding(50, 8, sparse=True), nn.Linear(8, 4))
+    Sparsity(model, None, SparsityConfig(), 10)  # left dense: its gradients are never ranked
+    with pytest.raises(ValueError, match=r"^0.weight has sparse gradients \(nn.Embedding\(sparse=True\)\)"):
+        Sparsity(model, None, SparsityConfig(extra_weights=(nn.Embedding,)), 10)
+
+
+def test_the_header_tells_the_share_under_masks_and_the_share_kept_dense():
+    """Dense layers by choice are neither counted under masks nor in their density."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 100), nn.Linear(100, 10))
+    sparsity = Sparsity(model, None, SparsityConfig(density=0.1, dense_layers=("0",)), 10)
+    header = repr(sparsity).splitlines()[0]
+    total = sum(p.numel() for p in model.parameters())
+    assert f"density=0.1000 under masks ({100 * 1000 / total:.1f}% of the parameters)" in header
+    assert f"dense without a mask: {100 * 10000 / total:.1f}% of the parameters" in header
 
 
 @pytest.mark.parametrize("selector", [nn.LSTM, "lstm.weight_*", "lstm"])

@@ -1,14 +1,20 @@
 """`python rigl.py tune` (rigl_harness/tune.py): exactly N trials, resumed, shared by workers, refusals."""
 
+import contextlib
 import json
 import os
+import re
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
+import postgres
 from helpers import REPO, cli, read_jsonl, run, wait_for_first_epoch
 
 optuna = pytest.importorskip("optuna")
@@ -127,10 +133,10 @@ def test_a_killed_study_resumes_its_interrupted_trial_and_ends_with_exactly_n(tm
     assert "| RigL | uniform | 0.2 | 3 |" in (root / "tune.md").read_text()  # the retry is the reference
 
 
-def run_two_workers(root, *extra):
-    """Two tune processes started together on ROOT; their outputs."""
+def run_workers(root, *extra, workers=2):
+    """`workers` tune processes started together on ROOT; their outputs."""
     workers = [subprocess.Popen(tune_args(root, *extra), cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+                                stderr=subprocess.PIPE, text=True) for _ in range(workers)]
     outputs = [w.communicate(timeout=600) for w in workers]
     for worker, (out, err) in zip(workers, outputs):
         assert worker.returncode == 0, out[-3000:] + err
@@ -150,25 +156,88 @@ def check_shared_study(root, outputs, trials_wanted, storage=None):
     assert all(out.count("| RigL | uniform | 0.2 |") == 1 for out in outputs)  # each ends with Table 4
 
 
-def test_two_workers_share_one_study_on_a_journal_file(tmp_path):
-    root = tmp_path / "root"
-    outputs = run_two_workers(root, "--trials", "3", "--seeds", "0", "--epochs", "1")
-    check_shared_study(root, outputs, 3)
-
-
 POSTGRES = os.environ.get("RIGL_TEST_POSTGRES_URL")
 
 
-@pytest.mark.skipif(not POSTGRES, reason="set RIGL_TEST_POSTGRES_URL=postgresql+psycopg2://user:password@host/db "
-                                         "(an empty database) to test two workers against PostgreSQL")
-def test_two_workers_share_one_study_on_postgresql(tmp_path):
+@pytest.fixture
+def empty_postgres():
+    """RIGL_TEST_POSTGRES_URL's database (.ci/run starts a throwaway server), emptied: no table."""
+    if not POSTGRES:
+        pytest.skip("set RIGL_TEST_POSTGRES_URL=postgresql+psycopg2://user:password@host/db (a database the "
+                    "tests may empty) to test tune's workers against PostgreSQL; .ci/run starts one")
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(POSTGRES)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    return POSTGRES
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "postgresql"])
+def test_three_workers_started_together_on_an_empty_storage_join_one_study(tmp_path, kind, request):
+    """No worker loses the race to create the storage's tables or the study: all three join it,
+    and it ends with exactly N trials."""
     root = tmp_path / "root"
-    storage = optuna.storages.RDBStorage(POSTGRES)
-    for name in optuna.get_all_study_names(storage):  # a fresh study each time
-        optuna.delete_study(study_name=name, storage=storage)
-    outputs = run_two_workers(root, "--trials", "3", "--seeds", "0", "--epochs", "1", "--storage", POSTGRES)
-    check_shared_study(root, outputs, 3, storage)
-    assert not (root / "tune.journal").exists()
+    url = {"journal": None, "sqlite": f"sqlite:///{tmp_path / 'tune.db'}",
+           "postgresql": request.getfixturevalue("empty_postgres") if kind == "postgresql" else None}[kind]
+    extra = ("--storage", url) if url else ()
+    outputs = run_workers(root, "--trials", "3", "--seeds", "0", "--epochs", "1", *extra, workers=3)
+    check_shared_study(root, outputs, 3, optuna.storages.RDBStorage(url) if url else None)
+    assert (root / "tune.journal").exists() == (url is None)
+
+
+@pytest.mark.parametrize("repaired", [True, False], ids=["cut-mid-line", "only-its-newline-missing"])
+def test_a_torn_journal_tail_is_set_aside_and_the_study_continues(study, tmp_path, repaired):
+    """A crash or a full disk in the middle of an append leaves a last line cut off: it moves to
+    tune.journal.torn-TIME (nothing is thrown away) and the study reads on; a whole last line that
+    only lacks its newline gets one. Never appended to as it is, which would make every later line
+    unreadable."""
+    root = tmp_path / "root"
+    shutil.copytree(study[0], root)
+    journal = root / "tune.journal"
+    whole = journal.read_bytes()
+    tail = b'{"op_code": 4, "worker_id": "w", "study_id"'
+    journal.write_bytes(whole + tail if repaired else whole[:-1])
+    result = subprocess.run(tune_args(root, "--trials", "3", "--seeds", "0,1", "--epochs", "1"), cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    torn = list(root.glob("tune.journal.torn-*"))
+    if repaired:
+        assert "its last line was cut off in the middle of a write" in " ".join(result.stdout.split())
+        assert journal.read_bytes().startswith(whole) and [p.read_bytes() for p in torn] == [tail]
+    else:
+        assert journal.read_bytes().startswith(whole) and not torn
+    assert states(load(root)) == ["COMPLETE"] * 3
+
+
+@pytest.mark.skipif(postgres.binaries() is None, reason="PostgreSQL's initdb and pg_ctl are not installed")
+def test_a_database_that_goes_away_ends_tune_in_one_line_and_the_same_command_continues(tmp_path):
+    """The server stops while a trial trains: the worker ends in one line (exit 2, no traceback);
+    started again, the same command fails the trial whose process died, asks its point again and
+    ends with exactly N trials."""
+    server = Path(tempfile.mkdtemp(prefix="rigl-postgres-"))  # a folder the server's user may enter
+    url = postgres.start(server)
+    root = tmp_path / "root"
+    args = tune_args(root, "--trials", "2", "--seeds", "0", "--epochs", "2", "--storage", url)
+    try:
+        worker = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for_first_epoch(worker, root / "rigl-uniform-d0.2-x1.0-a0.3-dt100-s0")
+        postgres.stop(server)
+        out, err = worker.communicate(timeout=600)
+        assert worker.returncode == 2, out[-2000:] + err
+        assert "Traceback" not in out + err
+        assert re.search(r"error: --storage postgresql\+psycopg2://postgres@/rigl_test\?host=\S+ failed: .*; "
+                         r"the study is kept, run the same command again once the database is back", " ".join(out.split()))
+        postgres.start(server)
+        again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr
+        trials = load(root, optuna.storages.RDBStorage(url))
+        assert states(trials) == ["FAIL", "COMPLETE", "COMPLETE"]
+        assert "trial 0: its process died; failed, and its point asked again" in again.stdout
+    finally:
+        with contextlib.suppress(RuntimeError):
+            postgres.stop(server)
+        shutil.rmtree(server, ignore_errors=True)
 
 
 def test_the_objective_reads_the_final_not_the_best_validation_accuracy(tmp_path):
