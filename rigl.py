@@ -1078,11 +1078,14 @@ class SparseOptimizer(torch.optim.Optimizer):
     """`Sparsity.wrap(optimizer)`: the optimizer, with the training loop's sparse lines in step().
 
     A torch Optimizer, so that learning-rate schedulers, GradScaler and trainers accept it; its
-    param_groups, state and defaults are the wrapped optimizer's own. A GradScaler that finds
-    non-finite gradients skips step(), and with it the step's count and any mask update.
+    param_groups, state and defaults are the wrapped optimizer's own. It takes GradScaler's part
+    in step() (`_step_supports_amp_scaling`): GradScaler calls step() on every step, with the scale
+    (`grad_scale`, None once unscale_ ran) and whether it found non-finite gradients (`found_inf`).
+    So a step that GradScaler skips is counted, as the README loop counts it, and changes nothing
+    but what replaces_optimizer_step does on such a step: both loops agree on T_end.
     """
 
-    _step_supports_amp_scaling = False  # GradScaler unscales before step(): the update ranks true gradients
+    _step_supports_amp_scaling = True  # GradScaler hands over grad_scale and found_inf; see step()
 
     def __init__(self, optimizer: torch.optim.Optimizer, sparsity: Sparsity):  # state stays in `optimizer`
         self.optimizer, self.sparsity = optimizer, sparsity
@@ -1101,15 +1104,32 @@ class SparseOptimizer(torch.optim.Optimizer):
 
     def step(self, closure=None):
         """The loop's lines: `if not sparsity.replaces_optimizer_step(): optimizer.step()`, then
-        `sparsity.apply_masks()`. A closure (Lightning passes one) runs forward and backward first."""
+        `sparsity.apply_masks()`. A closure (Lightning passes one) runs forward and backward first.
+        Under GradScaler, the gradients are unscaled first (the update ranks true gradients) and
+        the optimizer step is skipped where GradScaler found non-finite gradients."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if not self.sparsity.replaces_optimizer_step():
+        skipped = self._unscale()
+        if not self.sparsity.replaces_optimizer_step() and not skipped:
             self.optimizer.step()
         self.sparsity.apply_masks()
         return loss
+
+    @torch.no_grad()
+    def _unscale(self) -> bool:
+        """What GradScaler.step would do before the step: unscale the gradients by `grad_scale` (as
+        GradScaler.unscale_, by the float32 reciprocal), unless unscale_ already did; whether it
+        found non-finite gradients. False without a GradScaler."""
+        scale, found_inf = self.__dict__.get("grad_scale"), self.__dict__.get("found_inf")
+        if scale is not None:
+            inverse = scale.double().reciprocal().float()
+            for group in self.optimizer.param_groups:
+                for param in group["params"]:
+                    if param.grad is not None:
+                        param.grad.mul_(inverse.to(param.grad.device))
+        return found_inf is not None and bool(found_inf.item())
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)

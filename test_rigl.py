@@ -895,6 +895,44 @@ def test_resume_in_any_order_continues_bit_identically(wrap, load):
         assert torch.equal(mask, resumed_masks[name]), name
 
 
+@pytest.mark.parametrize("unscale_first", [True, False], ids=["unscale_-then-step", "step-alone"])
+def test_steps_gradscaler_skips_count_alike_in_the_readme_loop_and_under_wrap(unscale_first):
+    """GradScaler skips the optimizer step where the scaled gradients overflow. The README loop
+    still counts it (replaces_optimizer_step runs), and so does the wrapped optimizer, whose step()
+    GradScaler calls on every step: both loops reach T_end together and end with the same weights."""
+    def run(wrapped: bool):
+        model = small_net()
+        optimizer = sgd(model)
+        sparsity = Sparsity(model, optimizer, SparsityConfig(density=0.2, update_interval=2, t_end=1.0), 12)
+        stepped = sparsity.wrap(optimizer) if wrapped else optimizer
+        scaler = torch.amp.GradScaler("cpu")
+        torch.manual_seed(3)
+        skipped = 0
+        for i in range(12):
+            x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+            x = x * math.inf if i in (1, 4) else x  # non-finite gradients at an update step (2) and another (5)
+            stepped.zero_grad()
+            scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+            if wrapped:
+                if unscale_first:
+                    scaler.unscale_(stepped)
+                scaler.step(stepped)
+            else:
+                scaler.unscale_(optimizer)
+                if not sparsity.replaces_optimizer_step():
+                    scaler.step(optimizer)
+                sparsity.apply_masks()
+            before = scaler.get_scale()
+            scaler.update()
+            skipped += scaler.get_scale() < before
+        return sparsity, skipped, model.state_dict()
+    (readme, readme_skipped, readme_weights), (wrap, wrap_skipped, wrap_weights) = run(False), run(True)
+    assert readme_skipped == wrap_skipped > 0
+    assert readme.step_count == wrap.step_count == 12 and readme.last_update == wrap.last_update
+    for name, tensor in readme_weights.items():
+        assert torch.equal(tensor, wrap_weights[name]), name
+
+
 def test_masks_from_another_run_keep_the_fresh_weights_they_hold():
     """set_masks (--masks-from without --init-from): the fresh initialisation under the given masks,
     not under this Sparsity's own random masks as well."""

@@ -204,13 +204,22 @@ TUNE_SETS = {"drop_fraction", "update_interval", "seed", "masks_from", "densitie
 """The `train` options tune sets for each run of a trial."""
 
 
+def parsed_train_options(ctx: typer.Context):
+    """The `train` options that follow a command's own, parsed by `train` itself (its defaults filled in)."""
+    train = ctx.parent.command.get_command(ctx.parent, "train")
+    return train.make_context("train", list(ctx.args), parent=ctx.parent)
+
+
+def given_options(parsed) -> set[str]:
+    """The options of a parsed command that its command line gave (not defaults)."""
+    return {name for name in parsed.params if parsed.get_parameter_source(name).name == "COMMANDLINE"}
+
+
 def train_options_of(ctx: typer.Context, reserved: set[str], hint: str) -> dict:
     """The `train` options that follow a sweep's or tune's own, parsed by `train` itself (its
     defaults filled in); those in `reserved` are the command's to set, and refused with `hint`."""
-    train = ctx.parent.command.get_command(ctx.parent, "train")
-    parsed = train.make_context("train", list(ctx.args), parent=ctx.parent)
-    given = [n for n in parsed.params
-             if n in reserved and parsed.get_parameter_source(n).name == "COMMANDLINE"]
+    parsed = parsed_train_options(ctx)
+    given = sorted(given_options(parsed) & reserved)
     if given:
         raise runs.UsageError(f"{ctx.info_name} sets {', '.join('--' + n.replace('_', '-') for n in given)} "
                               f"for each run: {hint}")
@@ -335,10 +344,13 @@ def reproduce_command(
     console = terminal.make_console()
     with terminal.user_errors(console, lambda: "interrupted: rerun the same reproduce command to continue"):
         chosen = studies.STUDIES[study]
+        check_passed_on(ctx, chosen)
         found = studies.commands(chosen, studies.SCALES[scale], root, tuple(ctx.args))
         console.print(f"{study}: {chosen.item}; at full length {len(studies.full_runs(chosen))} runs, about "
                       f"{studies.gpu_hours(chosen):g} GPU-hours (docs/report-map.md)",
                       highlight=False, soft_wrap=True)
+        if not dry_run:
+            claim_scale(Path(root), scale)
         for i, command in enumerate(found, 1):
             step = command if dry_run else study_step(command)
             done = "" if step else ": done"
@@ -346,6 +358,42 @@ def reproduce_command(
                           highlight=False, soft_wrap=True)
             if step and not dry_run:
                 run_command(step)
+
+
+RESTART_SETS = {"method", "distribution", "density", "masks_from", "densities_from", "init_from", "seed",
+                "update_interval", "out", "resume"}
+"""The `train` options a study's restart (Table 5) sets for each run."""
+
+
+def check_passed_on(ctx: typer.Context, study: studies.Study) -> None:
+    """Refuse, before anything runs, an option that one of the study's steps sets itself: it would be
+    applied by the steps before it and refused by that one."""
+    given = given_options(parsed_train_options(ctx))
+    reserved = {studies.Sweep: SWEEP_SETS, studies.Tune: TUNE_SETS, studies.Restart: RESTART_SETS}
+    for step in study.steps:
+        clash = sorted(given & reserved.get(type(step), set()))
+        if clash:
+            raise runs.UsageError(f"--{clash[0].replace('_', '-')}: this study's {type(step).__name__.lower()} "
+                                  f"steps set it for each run; reproduce passes on only options that every "
+                                  f"step takes (--data-dir, --device, --workers, ...)")
+
+
+SCALE_RECORD = "reproduce.json"
+"""ROOT's record of the scale its studies run at: one scale a ROOT, so that report never puts runs of
+two lengths side by side."""
+
+
+def claim_scale(root: Path, scale: str) -> None:
+    """Record the scale in ROOT, or refuse one other than the scale ROOT already holds."""
+    record = root / SCALE_RECORD
+    if record.is_file():
+        held = runs.read_json(record).get("scale")
+        if held != scale:
+            raise runs.UsageError(f"{root} holds the {held} scale's runs ({SCALE_RECORD}): reproduce --scale "
+                                  f"{scale} into another ROOT")
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    runs.write_json(record, {"scale": scale})
 
 
 def study_step(args: list[str]) -> list[str] | None:

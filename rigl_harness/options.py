@@ -26,6 +26,8 @@ def name_values(text: str | None, option: str) -> dict[str, float] | None:
         if not name.strip() or not is_number(value):
             raise ValueError(f"{option} takes NAME=DENSITY pairs separated by commas (e.g. "
                              f"conv1.weight=1,fc.weight=0.5), got {part!r}")
+        if name.strip() in found:
+            raise ValueError(f"{option} names {name.strip()} twice: give each layer one density")
         found[name.strip()] = float(value)
     return found or None
 

@@ -141,6 +141,9 @@ def read_summary(path: Path) -> dict:
         value = summary[key]
         if not is_number(value) and (required or value is not None):
             raise ValueError(f"{path} is not a run's summary: {key} is {value!r}, not a finite number")
+    for key in ("final_test_acc", "final_val_acc"):
+        if summary[key] is not None and not 0 <= summary[key] <= 100:
+            raise ValueError(f"{path} is not a run's summary: {key} is {summary[key]!r}, not a percentage")
     layers = summary.get("layers")
     if not isinstance(layers, list) or not all(isinstance(r, dict) and isinstance(r.get("name"), str)
                                                and is_number(r.get("density")) for r in layers):

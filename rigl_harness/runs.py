@@ -163,6 +163,18 @@ def run_name(cell: dict, shown: set[str]) -> str:
     return name + f"-s{cell['seed']}"
 
 
+def held_by_another(out: Path) -> bool:
+    """Whether another live process holds OUT's run lock: it is writing that run now."""
+    if not (out / ".lock").is_file():
+        return False
+    with open(out / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
+
+
 def check_out_dir(out: Path, config: dict, resume: bool) -> None:
     """A new run needs a directory that holds no run (or the same settings' run that never finished
     an epoch); --resume needs a checkpoint of the same settings. Anything else is refused, never

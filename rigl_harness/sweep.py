@@ -101,6 +101,11 @@ def run_grid(root: Path, grid: dict, options: dict, dry_run: bool, console) -> N
         console.print(f"[{i}/{len(found)}] {out.name}: {state}", highlight=False)
         if dry_run or state == "done":
             continue
+        if cfg.masks_from and runs.held_by_another(Path(cfg.masks_from)):  # its worker trains it next
+            console.print(f"[{i}/{len(found)}] {out.name}: its pruning run is being trained by another "
+                          f"process, skipped", highlight=False)
+            skipped.append(out.name)
+            continue
         try:
             start_run(cfg, sparse_cfg, out, None, console)  # resume or start: decided under the run's lock
         except runs.RunBusy:

@@ -115,6 +115,16 @@ def test_export_run_writes_exact_compact_file_and_onnx(tmp_path):
     console = Console(file=io.StringIO(), width=200)
     export.print_export(result, console)
     assert export.COMPACT_NAME in console.file.getvalue()
+    assert result["unfinished"] is not None and "has not finished (no summary.json)" in console.file.getvalue()
+
+
+def test_export_of_a_finished_run_says_nothing_of_it_and_of_an_unfinished_one_says_so(tmp_path, finished_run):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    assert export.export_run(run)["unfinished"] is None
+    (run / "summary.json").unlink()
+    note = export.export_run(run)["unfinished"]
+    assert note.startswith(f"{run} has not finished (no summary.json): exported its last checkpoint, epoch 1")
 
 
 def test_export_run_fp16(tmp_path):

@@ -176,6 +176,12 @@ def test_layer_densities_picks_rigl_erk(tmp_path):
     assert_png(figures.plot_layer_densities(short, tmp_path / "short.png"))
 
 
+def test_an_accuracy_that_is_no_percentage_is_refused(tmp_path):
+    run = fake_run(tmp_path, "edited", "rigl", "erk", 0.1, 0, 250.0)
+    with pytest.raises(ValueError, match="final_test_acc is 250.0, not a percentage"):
+        report.run_record(run)
+
+
 def test_a_run_without_its_records_is_named_not_reported_without_figures(tmp_path):
     """No compatibility with runs older than their records: a finished run has both."""
     for name in ("metrics.jsonl", "densities.jsonl"):

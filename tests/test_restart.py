@@ -239,6 +239,8 @@ def test_cli_layer_densities_set_those_layers_exactly_and_are_recorded(tmp_path)
     assert (layers["conv1.weight"]["active"], layers["fc.weight"]["active"]) == (16 * 3 * 9, 640 // 2)
     one_line_error(run("train", *SMOKE, "--layer-densities", "conv1.weight", "--out", str(tmp_path / "bad")),
                    "--layer-densities takes NAME=DENSITY pairs", "got 'conv1.weight'")
+    one_line_error(run("train", *SMOKE, "--layer-densities", "conv1.weight=1,conv1.weight=0.5",
+                       "--out", str(tmp_path / "twice")), "--layer-densities names conv1.weight twice")
 
 
 def test_layer_densities_and_densities_from_are_refused_together(source):

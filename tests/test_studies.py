@@ -8,7 +8,7 @@ import shutil
 import pytest
 from rich.console import Console
 
-from helpers import REPO
+from helpers import REPO, one_line_error, run
 from rigl_harness import cli, runs, studies, sweep
 from rigl_harness.runs import UsageError
 from rigl_harness.studies import SCALES, STUDIES
@@ -67,6 +67,22 @@ def test_full_length_runs_and_gpu_hours_are_counted_from_the_commands():
     # FLOP-matched ERK at three densities on CIFAR-10; uniform and FLOP-matched ERK on CIFAR-100
     fixed_flops = [dataset for dataset, _ in studies.full_runs(STUDIES["fixed-flops"])]
     assert (fixed_flops.count("cifar10"), fixed_flops.count("cifar100")) == (3 * 9, 3 * 6)
+
+
+def test_a_root_holds_one_scale(tmp_path):
+    (tmp_path / "reproduce.json").write_text('{"scale": "cpu"}')
+    one_line_error(run("reproduce", "table1", str(tmp_path), "--scale", "smoke"),
+                   f"{tmp_path} holds the cpu scale's runs (reproduce.json): reproduce --scale smoke into another ROOT")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reproduce.json"]  # nothing ran
+
+
+@pytest.mark.parametrize("study, option, kind", [("table5", ["--densities-from", "x"], "restart"),
+                                                 ("table1", ["--seed", "3"], "sweep"),
+                                                 ("table4", ["--drop-fraction", "0.5"], "tune")])
+def test_an_option_a_step_sets_itself_is_refused_before_anything_runs(tmp_path, study, option, kind):
+    one_line_error(run("reproduce", study, str(tmp_path), "--scale", "smoke", *option),
+                   f"{option[0]}: this study's {kind} steps set it for each run")
+    assert not tmp_path.joinpath("reproduce.json").exists()
 
 
 def test_the_report_map_lists_every_study_with_its_command_runs_hours_and_commands():

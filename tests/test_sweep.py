@@ -1,5 +1,6 @@
 """`python rigl.py sweep` (rigl_harness/sweep.py): cells, names, resume, refusals."""
 
+import fcntl
 import signal
 import subprocess
 import sys
@@ -107,6 +108,21 @@ def test_a_lottery_sweep_resumes_with_root_spelled_otherwise(tmp_path):
     assert first.returncode == 0, first.stdout + first.stderr
     again = cli(args[0], str(tmp_path / "sweeps"), *args[1:])
     assert again.returncode == 0 and again.stdout.count(": done") == 2, again.stdout + again.stderr
+
+
+def test_a_lottery_cell_whose_pruning_run_another_worker_trains_is_skipped_not_stopped_on(tmp_path):
+    """Another sweep process holds the pruning cell (its run lock): this one skips the pruning cell
+    and the lottery cell that retrains its masks, and ends normally; that process trains both."""
+    pruning = tmp_path / "pruning-erk-d0.1-x1.0-dt4-s0"
+    pruning.mkdir()
+    with open(pruning / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the other worker's runs.locked
+        result = run("sweep", str(tmp_path), "--methods", "pruning,lottery", *SWEEP_SMOKE, "--epochs", "1")
+    assert result.returncode == 0, result.stdout
+    lines = " ".join(result.stdout.split())
+    assert "pruning-erk-d0.1-x1.0-dt4-s0: held by another process, skipped" in lines
+    assert "lottery-erk-d0.1-x1.0-dt4-s0: its pruning run is being trained by another process, skipped" in lines
+    assert not (tmp_path / "lottery-erk-d0.1-x1.0-dt4-s0").exists()
 
 
 def test_two_sweeps_on_one_root_split_the_grid_each_cell_once(tmp_path):

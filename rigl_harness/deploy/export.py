@@ -323,7 +323,11 @@ def export_run(run_dir: Path | str, fp16: bool = False, onnx_sparse: bool = Fals
     skipped = onnx_missing()
     if skipped is None:
         export_onnx(rebuilt, example, onnx_path, sparse=onnx_sparse)
+    unfinished = None if (run_dir / "summary.json").is_file() else (
+        f"{run_dir} has not finished (no summary.json): exported its last checkpoint, epoch "
+        f"{checkpoint.get('epoch')}, step {checkpoint.get('step')}; finish it with train --resume for its final masks")
     return {"run_dir": str(run_dir), "model": architecture["model"], "fp16": fp16, "onnx_sparse": onnx_sparse,
+            "unfinished": unfinished,
             "dense_bytes": dense_bytes, "compact_bytes": compact_bytes,
             "size_ratio": compact_bytes / dense_bytes, "max_abs_diff": max_abs_diff,
             "onnx_max_abs_diff": None if skipped else onnx_max_abs_diff(onnx_path, rebuilt, example),
@@ -347,5 +351,6 @@ def print_export(result: dict, console) -> None:
                       f"{result['onnx_bytes'] / result['dense_bytes']:.3f}",
                       "onnxruntime not installed" if diff is None else f"{diff:.3g} (ONNX Runtime vs torch)")
     console.print(table)
-    if result["note"]:
-        console.print(result["note"])
+    for note in (result["unfinished"], result["note"]):
+        if note:
+            console.print(note, highlight=False, soft_wrap=True)
