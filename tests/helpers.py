@@ -41,6 +41,23 @@ def run_config(cfg, sparse_cfg) -> dict:
     return train.run_config(cfg, sparse_cfg, train.resolve_sparsity(cfg, sparse_cfg))
 
 
+def straight_and_resumed(cfg, sparse_cfg, root, monkeypatch) -> tuple[dict, dict]:
+    """The summaries of a run trained straight into ROOT/straight and of the same run stopped after
+    its first epoch (as Ctrl-C would) and resumed, in ROOT/stopped."""
+    straight = train.start_run(cfg, sparse_cfg, root / "straight", resume=False, console=rich_console())
+    end_epoch = train.end_epoch
+
+    def stop_after_the_first(run, *args):
+        end_epoch(run, *args)
+        if run.epoch == 1:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(train, "end_epoch", stop_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        train.start_run(cfg, sparse_cfg, root / "stopped", resume=False, console=rich_console())
+    monkeypatch.setattr(train, "end_epoch", end_epoch)
+    return straight, train.start_run(cfg, sparse_cfg, root / "stopped", resume=True, console=rich_console())
+
+
 def cli(*args, timeout=300, prefix=()):
     """`python rigl.py ARGS` in the repository (after `prefix`, e.g. as_unprivileged's)."""
     return subprocess.run([*prefix, sys.executable, "rigl.py", *args], cwd=REPO, capture_output=True,

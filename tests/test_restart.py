@@ -11,7 +11,7 @@ import torch
 
 import flops
 import train
-from helpers import SMOKE, build_run, cli, one_line_error, rich_console, run, run_config
+from helpers import SMOKE, build_run, cli, one_line_error, rich_console, run, run_config, straight_and_resumed
 from rigl import SparsityConfig
 from rigl_harness import figures, labels, report, runs
 from test_report import fake_run
@@ -112,18 +112,7 @@ def test_a_dense_source_and_two_mask_sources_are_refused(tmp_path):
 
 def test_a_restarted_run_resumes_bit_identically(source, tmp_path, monkeypatch):
     cfg, sparse_cfg = config(epochs=2, masks_from=str(source)), replace(SOURCE, method="rigl")
-    train.start_run(cfg, sparse_cfg, tmp_path / "straight", resume=False, console=rich_console())
-    end_epoch = train.end_epoch
-
-    def stop_after_the_first(run, *args):
-        end_epoch(run, *args)
-        if run.epoch == 1:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(train, "end_epoch", stop_after_the_first)
-    with pytest.raises(KeyboardInterrupt):
-        train.start_run(cfg, sparse_cfg, tmp_path / "stopped", resume=False, console=rich_console())
-    monkeypatch.setattr(train, "end_epoch", end_epoch)
-    train.start_run(cfg, sparse_cfg, tmp_path / "stopped", resume=True, console=rich_console())
+    straight_and_resumed(cfg, sparse_cfg, tmp_path, monkeypatch)
     a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("straight", "stopped"))
     assert a["step"] == b["step"] > 0 and a["epoch"] == b["epoch"] == 2
     for name, tensor in a["model"].items():

@@ -18,7 +18,7 @@ import flops
 import models
 import rigl
 import train
-from helpers import REPO, SMOKE, build_run, cli, one_line_error, read_jsonl, rich_console, run, shapes_of, small_net, wait_for_first_epoch
+from helpers import REPO, SMOKE, build_run, cli, one_line_error, read_jsonl, rich_console, run, shapes_of, small_net, straight_and_resumed, wait_for_first_epoch
 from models import build_model
 from rigl import Sparsity, SparsityConfig
 from train import REPORT_STEPS, TrainConfig, resolve_recipe
@@ -176,18 +176,7 @@ def test_a_run_whose_densities_move_resumes_with_the_same_flops(tmp_path, monkey
     its FLOPs from the restored masks, and ends with the uninterrupted run's summary and records."""
     cfg = resolve_recipe(TrainConfig(dataset="synthetic", train_subset=256, val_size=0, epochs=2, batch_size=64))
     sparse_cfg = SparsityConfig(method="rigl-sm", density=0.3, update_interval=3)
-    straight = train.start_run(cfg, sparse_cfg, tmp_path / "straight", resume=False, console=rich_console())
-    end_epoch = train.end_epoch
-
-    def stop_after_the_first(run, *args):
-        end_epoch(run, *args)
-        if run.epoch == 1:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(train, "end_epoch", stop_after_the_first)
-    with pytest.raises(KeyboardInterrupt):
-        train.start_run(cfg, sparse_cfg, tmp_path / "stopped", resume=False, console=rich_console())
-    monkeypatch.setattr(train, "end_epoch", end_epoch)
-    resumed = train.start_run(cfg, sparse_cfg, tmp_path / "stopped", resume=True, console=rich_console())
+    straight, resumed = straight_and_resumed(cfg, sparse_cfg, tmp_path, monkeypatch)
     moved = read_jsonl(tmp_path / "straight" / "densities.jsonl")
     assert moved[0]["densities"] != moved[-1]["densities"], "the budgets did not move: nothing is tested"
     without_time = [lambda m: {k: v for k, v in m.items() if k not in ("elapsed", "wall_time")}][0]
