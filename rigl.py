@@ -33,10 +33,10 @@ Symbols of the paper and their names here:
 
 Part I is the paper, in its order: configuration, layer densities (uniform, ER, ERK), masks,
 schedules, drop and grow, and the `Sparsity` holder. Part II is what goes beyond it, each under
-its own banner: which weights carry masks on any model, RigL-struct, and the wrapped optimizer for
-trainers. The file imports only torch and the standard library, so it can be copied on its own. The
-training loop and recipes are in train.py; the command line, data, run directories, sweeps and
-reports in the rigl_harness package (README, "Reading the code").
+its own banner: which weights carry masks on any model, resume in any order, RigL-struct, and the
+wrapped optimizer for trainers. The file imports only torch and the standard library, so it can be
+copied on its own. The training loop and recipes are in train.py; the command line, data, run
+directories, sweeps and reports in the rigl_harness package (README, "Reading the code").
 """
 
 from __future__ import annotations
@@ -426,9 +426,9 @@ class Sparsity:
                              f"{list(model_weights(model))[:8]}")
         sparse_gradients = with_sparse_gradients(model, self.weights)  # Part II
         if sparse_gradients:
-            raise ValueError(f"{sparse_gradients[0]} has sparse gradients (nn.Embedding(sparse=True)), which a "
-                             f"mask update can neither rank nor mask: build it with sparse=False, or leave it "
-                             f"out of extra_weights")
+            raise ValueError(f"{sparse_gradients[0]} has sparse gradients (nn.Embedding(sparse=True)), "
+                             f"which a mask update can neither rank nor mask: build it with sparse=False, "
+                             f"or leave it out of extra_weights")
         self.parameter_count = sum(p.numel() for p in model.parameters())
         self.dense_layers = dense_layers_of(list(self.weights), config, weight_aliases(model, self.weights))
         self.initial_densities = initial_densities({n: w.shape for n, w in self.weights.items()}, config,
@@ -448,7 +448,7 @@ class Sparsity:
         self.masks = self._initial_masks()
         self.ever_active = {name: mask.clone() for name, mask in self.masks.items()}
         self._gradient_hooks = []  # wrap() adds them (Part II)
-        self._zeroed: dict[str, tuple[torch.Tensor, int]] = {}  # see apply_masks
+        self._zeroed: dict[str, tuple[torch.Tensor, int]] = {}  # Part II, "Resume in any order"
         self._keeps_zeroed = True
         self.apply_masks()
         log_dense_weights(model, self)  # Part II
@@ -521,36 +521,12 @@ class Sparsity:
 
     @torch.no_grad()
     def apply_masks(self) -> None:
-        """Masked weights become exactly 0; call after every optimizer step.
-
-        Until the first training step after this Sparsity is built or loaded, the nonzero values
-        it zeroes are kept, with the weight's version counter: masks loaded next (load_state_dict,
-        set_masks) bring back those they hold, unless the weight was written since. So building a
-        Sparsity on a model whose trained weights are already loaded, then loading its saved state,
-        loses no weight, in whichever order a user or a trainer loads them.
-        """
+        """Masked weights become exactly 0; call after every optimizer step. Until training begins,
+        what they zero is kept (Part II, "Resume in any order")."""
+        if self._keeps_zeroed:
+            return apply_masks_keeping_zeroed(self)
         for name, mask in self.masks.items():
-            weight = self.weights[name]
-            zeroed = torch.where(mask, 0.0, weight) if self._keeps_zeroed else None
-            weight.mul_(mask)
-            if zeroed is not None:
-                kept = self._zeroed.pop(name, None)
-                if kept is not None and kept[1] == weight._version - 1:  # untouched since: still zero there
-                    zeroed += kept[0]
-                if zeroed.any():
-                    self._zeroed[name] = (zeroed, weight._version)
-
-    @torch.no_grad()
-    def _bring_back(self, name: str, mask: torch.Tensor | None) -> None:
-        """The values that apply_masks zeroed in weight `name` and `mask` keeps (None: all), if the
-        weight has not been written since; they are 0 there now."""
-        kept = self._zeroed.pop(name, None)
-        weight = self.weights[name]
-        if kept is None or kept[1] != weight._version:
-            return
-        weight.add_(kept[0] if mask is None else kept[0] * mask)
-        if mask is not None:
-            self._zeroed[name] = (kept[0] * ~mask, weight._version)
+            self.weights[name].mul_(mask)
 
     def wrap(self, optimizer: torch.optim.Optimizer | None = None) -> SparseOptimizer:
         """The optimizer as one whose step() runs these lines, for trainers that call
@@ -665,7 +641,7 @@ class Sparsity:
         self.masks = {name: mask.to(self.generator.device, torch.bool) for name, mask in masks.items()}
         self.ever_active = {name: mask.clone() for name, mask in self.masks.items()}  # explored from here on
         for name in self.weights:  # a layer left without a mask keeps all of its weights
-            self._bring_back(name, self.masks.get(name))
+            bring_back_zeroed(self, name, self.masks.get(name))
         self.apply_masks()
 
     # -- inspection and checkpoints -----------------------------------------------------------
@@ -760,7 +736,7 @@ class Sparsity:
         for name, mask in masks.items():
             self.masks[name] = mask.to(self.masks[name].device)
             self.ever_active[name] = ever_active[name].to(self.masks[name].device) | self.masks[name]
-            self._bring_back(name, self.masks[name])  # weights loaded before this Sparsity was built
+            bring_back_zeroed(self, name, self.masks[name])  # weights loaded before this Sparsity was built
         self.step_count = state["step_count"]
         self.generator.set_state(state["generator"].cpu())  # a trainer may have moved it
         self.last_update = dict(state["last_update"])
@@ -779,8 +755,8 @@ class Sparsity:
 
 
 # =============================================================================================
-# Part II. Beyond the paper: which weights carry masks on any model, RigL-struct, the wrapped
-# optimizer
+# Part II. Beyond the paper: which weights carry masks on any model, resume in any order,
+# RigL-struct, the wrapped optimizer
 # =============================================================================================
 
 # ---------------------------------------------------------------------------------------------
@@ -963,6 +939,42 @@ def log_dense_weights(model: nn.Module, sparsity: Sparsity) -> None:
                  kernelless or "none")
     log.info("dense by choice (outside the density budget): %s", list(sparsity.dense_layers) or "none")
     log.info("dense by the %s capping: %s", config.distribution, capped or "none")
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume in any order: what the masks zeroed before training, brought back by the masks loaded next
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def apply_masks_keeping_zeroed(sparsity: Sparsity) -> None:
+    """`Sparsity.apply_masks` until the first training step after the Sparsity is built or loaded:
+    the nonzero values it zeroes are kept with the weight's version counter, so that masks loaded
+    next (load_state_dict, set_masks) bring back those they hold, unless the weight was written
+    since. Building a Sparsity on a model whose trained weights are already loaded (a trainer's
+    resume) and then loading its state loses no weight, in whichever order they come."""
+    for name, mask in sparsity.masks.items():
+        weight = sparsity.weights[name]
+        zeroed = torch.where(mask, 0.0, weight)
+        weight.mul_(mask)
+        kept = sparsity._zeroed.pop(name, None)
+        if kept is not None and kept[1] == weight._version - 1:  # untouched since: still zero there
+            zeroed += kept[0]
+        if zeroed.any():
+            sparsity._zeroed[name] = (zeroed, weight._version)
+
+
+@torch.no_grad()
+def bring_back_zeroed(sparsity: Sparsity, name: str, mask: torch.Tensor | None) -> None:
+    """The values that apply_masks_keeping_zeroed zeroed in weight `name` and `mask` keeps (None:
+    all of them), if the weight has not been written since: they are 0 there now."""
+    kept = sparsity._zeroed.pop(name, None)
+    weight = sparsity.weights[name]
+    if kept is None or kept[1] != weight._version:
+        return
+    weight.add_(kept[0] if mask is None else kept[0] * mask)
+    if mask is not None:
+        sparsity._zeroed[name] = (kept[0] * ~mask, weight._version)
 
 
 # ---------------------------------------------------------------------------------------------
