@@ -453,8 +453,11 @@ class Sparsity:
         self.apply_masks()
         log_dense_weights(model, self)  # Part II
         if config.method in DROP_AND_GROW and self.t_end <= config.update_interval:
+            advice = (f"update_interval (--update-interval) {self.t_end - 1} or less gives one, "
+                      f"{max(1, (self.t_end - 1) // 10)} about ten" if self.t_end > 1 else
+                      "lengthen the run or raise t_end")
             log.warning("no mask will change: the first update is at step ΔT = %d, not before T_end = %d "
-                        "of %d steps", config.update_interval, self.t_end, total_steps)
+                        "of %d steps; %s", config.update_interval, self.t_end, total_steps, advice)
 
     def _initial_masks(self) -> dict[str, torch.Tensor]:
         """Exact random masks. A layer at density 1 carries no mask: for RigL and SET an update could

@@ -203,8 +203,10 @@ def check_poolable(members: list[dict]) -> None:
 
 
 def format_cell(group: dict) -> str:
-    """"92.41 ± 0.06 (0.35×, 0.35×)": test accuracy over seeds, (training, inference) FLOPs ×dense."""
-    return (f"{group['test_mean']:.2f} ± {group['test_std']:.2f} "
+    """"92.41 ± 0.06 (0.35×, 0.35×)": test accuracy over seeds, (training, inference) FLOPs ×dense;
+    one seed has no spread, and shows none: "92.41 (0.35×, 0.35×)"."""
+    spread = f" ± {group['test_std']:.2f}" if group["n"] > 1 else ""
+    return (f"{group['test_mean']:.2f}{spread} "
             f"({format_ratio(group['train_flops_ratio'])}, {format_ratio(group['inference_flops_ratio'])})")
 
 

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import asdict
 from pathlib import Path
@@ -137,14 +138,20 @@ def locked(out: Path):
     refused. The operating system releases it when the process ends, however it ends."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a run directory")
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunBusy(f"{out} is being written by another process; wait for it to finish or "
-                          f"choose another --out") from None
-        yield
+    try:
+        with open(out / ".lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunBusy(f"{out} is being written by another process; wait for it to finish or "
+                              f"choose another --out") from None
+            yield
+    except BaseException:  # a start that failed (no data, a bad option) leaves no directory behind
+        if made and {p.name for p in out.iterdir()} <= {".lock"}:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def run_name(cell: dict, shown: set[str]) -> str:

@@ -102,6 +102,7 @@ def test_aggregate_mean_sample_std_and_seeds(tmp_path):
     assert rigl_erk["test_std"] == pytest.approx(0.5)       # sample std (ddof = 1), not 0.408
     assert group_of(groups, method="rigl", distribution="uniform", density=0.2)["n"] == 2
     assert group_of(groups, method="rigl-sg")["test_std"] == 0.0   # one seed: no spread
+    assert report.format_cell(group_of(groups, method="rigl-sg")) == "92.30 (0.40×, 0.36×)"  # and none shown
     # Dense is grouped at d = 1 with no distribution, whatever its config said.
     dense = group_of(groups, method="dense")
     assert (dense["density"], dense["distribution"], dense["n"]) == (1.0, "-", 3)

@@ -342,6 +342,13 @@ def test_no_mask_update_before_t_end_is_warned_about(caplog):
     with caplog.at_level("WARNING", logger="rigl"):
         Sparsity(small_net(), None, SparsityConfig(update_interval=100), total_steps=100)
     assert "no mask will change: the first update is at step ΔT = 100, not before T_end = 75" in caplog.text
+    assert "update_interval (--update-interval) 74 or less gives one, 7 about ten" in caplog.text
+
+
+def test_a_start_that_fails_leaves_no_directory_behind(tmp_path):
+    out = tmp_path / "run"
+    result = run("train", "--dataset", "imagenet", "--data-dir", str(tmp_path / "no-data"), "--out", str(out))
+    assert result.returncode == 2 and not out.exists(), result.stdout
 
 
 # --- train.py: the report's recipes, the lr schedule and SGD -----------------------------------
