@@ -216,6 +216,7 @@ class Run:
     epoch: int = 0  # epochs finished
     step: int = 0  # training steps taken (a mask update is one, in place of the optimizer step)
     elapsed: float = 0.0  # seconds of training
+    eval_elapsed: float = 0.0  # seconds of evaluation (validation and test sets, after each epoch)
     history: list = dataclasses.field(default_factory=list)  # metrics.jsonl: one record per epoch
     layer_history: list = dataclasses.field(default_factory=list)  # densities.jsonl: at epoch 0 and after each
 
@@ -226,7 +227,7 @@ class Run:
                 "data_rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "scaler": self.scaler.state_dict(), "flops": self.tally.state_dict(),
-                "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed,
+                "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed, "eval_elapsed": self.eval_elapsed,
                 "history": self.history, "layer_history": self.layer_history}
 
     def load_state_dict(self, state: dict) -> None:
@@ -243,6 +244,7 @@ class Run:
             self.tally.load_state_dict(state["flops"])
             self.scaler.load_state_dict(state["scaler"])
             self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
+            self.eval_elapsed = state["eval_elapsed"]
             self.history, self.layer_history = state["history"], state["layer_history"]
         except (KeyError, RuntimeError, TypeError, ValueError) as error:
             first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
@@ -257,7 +259,8 @@ class Run:
         dense_1x = flops.sparse_train_flops(self.f_dense) * self.data.num_train * self.epoch / self.cfg.multiplier
         return {"final_val_acc": self.history[-1]["val_acc"], "final_test_acc": self.history[-1]["test_acc"],
                 "best_val_acc": max(vals) if vals else None, "epochs": self.epoch, "steps": self.step,
-                "wall_time": round(self.elapsed, 3), "density": self.sparsity.total_row()["density"],
+                "wall_time": round(self.elapsed, 3), "eval_time": round(self.eval_elapsed, 3),
+                "density": self.sparsity.total_row()["density"],
                 "explored": self.sparsity.exploration_rate(), "layers": self.sparsity.layer_stats(),
                 "train_flops": self.tally.total, "train_flops_ratio": self.tally.total / dense_1x,
                 "inference_flops": self.f_sparse, "inference_flops_ratio": self.f_sparse / self.f_dense,
@@ -486,11 +489,15 @@ def end_epoch(run: Run, out: Path, console, losses: list, regrown: int) -> None:
     train_loss = float(functools.reduce(torch.add, losses, torch.zeros((), device=run.device))) / run.steps_per_epoch
     dynamic = run.sparse_cfg.method in DROP_AND_GROW
     alpha = cosine_drop_fraction(run.step, run.sparse_cfg.drop_fraction, run.sparsity.t_end)
+    started = time.perf_counter()
+    val_acc, test_acc = evaluate(run, run.data.val), evaluate(run, run.data.test)
+    run.eval_elapsed += time.perf_counter() - started
     record = {"epoch": run.epoch, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"],
-              "train_loss": train_loss if math.isfinite(train_loss) else None, "val_acc": evaluate(run, run.data.val),
-              "test_acc": evaluate(run, run.data.test), "drop_fraction": alpha if dynamic else 0.0,
+              "train_loss": train_loss if math.isfinite(train_loss) else None, "val_acc": val_acc,
+              "test_acc": test_acc, "drop_fraction": alpha if dynamic else 0.0,
               "regrown": regrown, "explored": run.sparsity.exploration_rate(),
-              "inference_flops_ratio": run.f_sparse / run.f_dense, "elapsed": round(run.elapsed, 3)}
+              "inference_flops_ratio": run.f_sparse / run.f_dense, "elapsed": round(run.elapsed, 3),
+              "eval_elapsed": round(run.eval_elapsed, 3)}
     run.history.append(record)
     run.layer_history.append({"epoch": run.epoch, "densities": run.sparsity.densities()})
     console.print(terminal.format_record(record), soft_wrap=True, highlight=False)

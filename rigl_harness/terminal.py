@@ -84,10 +84,18 @@ def print_start(run, config: dict, console) -> None:
     console.print(table)
 
 
+PLAIN_EVERY = 60.0
+"""Seconds between the plain progress lines that a log or a pipe (not a terminal) gets in an epoch."""
+
+
 @contextlib.contextmanager
 def epoch_progress(run, epoch: int, console):
-    """A transient progress bar over the steps of epoch `epoch` (from 1); yields show(loss), called once a step
-    (it reads the loss off the device only when it redraws, every 20 steps)."""
+    """A transient progress bar over the steps of epoch `epoch` (from 1) in a terminal, plain lines
+    every PLAIN_EVERY seconds elsewhere; yields show(loss), called once a step (it reads the loss off
+    the device only when it redraws, every 20 steps, or prints)."""
+    if not console.is_terminal:
+        yield plain_progress(run, epoch, console)
+        return
     started, step_in_epoch = time.perf_counter(), 0
     with Progress(TextColumn(f"epoch {epoch}/{run.epochs}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total} steps  {task.fields[status]}"),
@@ -105,6 +113,26 @@ def epoch_progress(run, epoch: int, console):
         yield show
 
 
+def plain_progress(run, epoch: int, console):
+    """show(loss) for a log: a line with the step, the loss, images/s and the epoch's time left,
+    every PLAIN_EVERY seconds (none in an epoch shorter than that: its metrics line follows)."""
+    started = last = time.perf_counter()
+    step_in_epoch = 0
+
+    def show(loss) -> None:
+        nonlocal step_in_epoch, last
+        step_in_epoch += 1
+        now = time.perf_counter()
+        if now - last < PLAIN_EVERY or step_in_epoch == run.steps_per_epoch:
+            return
+        last, rate = now, step_in_epoch / (now - started)
+        images = step_in_epoch * run.cfg.accumulate * run.cfg.batch_size
+        console.print(f"epoch {epoch}/{run.epochs}  step {step_in_epoch}/{run.steps_per_epoch}  "
+                      f"loss {loss.item() * run.cfg.accumulate:.3f}  {images / (now - started):,.0f} img/s  "
+                      f"epoch time left {(run.steps_per_epoch - step_in_epoch) / rate:,.0f}s", highlight=False)
+    return show
+
+
 def format_record(r: dict) -> str:
     """One line per epoch with the same keys every time (docs/run-directories.md, "Metrics")."""
     val = "  n/a" if r["val_acc"] is None else f"{r['val_acc']:5.2f}"
@@ -113,12 +141,14 @@ def format_record(r: dict) -> str:
     return (f"epoch {r['epoch']:>4}  step {r['step']:>7}  lr {r['lr']:.5f}  train loss "
             f"{loss}  val acc {val}  test acc {r['test_acc']:5.2f}  drop fraction "
             f"{r['drop_fraction']:.4f}  regrown {r['regrown']:>7}  explored {explored}  "
-            f"inference flops {r['inference_flops_ratio']:.4f}  elapsed {r['elapsed']:8.1f}s")
+            f"inference flops {r['inference_flops_ratio']:.4f}  elapsed {r['elapsed']:8.1f}s  "
+            f"eval {r['eval_elapsed']:7.1f}s")
 
 
 def print_done(summary: dict, out, console) -> None:
     console.print(f"done: test acc {summary['final_test_acc']:.2f}%, best val acc "
-                  f"{summary['best_val_acc']}, {summary['steps']} steps, {summary['wall_time']:.0f}s; "
+                  f"{summary['best_val_acc']}, {summary['steps']} steps, {summary['wall_time']:.0f}s of training "
+                  f"and {summary['eval_time']:.0f}s of evaluation; "
                   f"training FLOPs {summary['train_flops']:.3e} ({summary['train_flops_ratio']:.3f}× dense 1×), "
                   f"inference FLOPs {summary['inference_flops']:.3e} ({summary['inference_flops_ratio']:.3f}× "
                   f"dense), paper convention; results in {out}", soft_wrap=True, highlight=False)

@@ -21,6 +21,7 @@ import train
 from helpers import REPO, SMOKE, build_run, cli, one_line_error, read_jsonl, rich_console, run, shapes_of, small_net, straight_and_resumed, wait_for_first_epoch
 from models import build_model
 from rigl import Sparsity, SparsityConfig
+from rigl_harness import terminal
 from train import REPORT_STEPS, TrainConfig, resolve_recipe
 
 
@@ -36,7 +37,7 @@ def test_cli_run_writes_config_metrics_summary_and_checkpoint(smoke_run):
     metrics = read_jsonl(out / "metrics.jsonl")
     assert [m["epoch"] for m in metrics] == [1, 2]
     keys = ("epoch", "step", "lr", "train_loss", "val_acc", "test_acc", "drop_fraction", "regrown", "explored",
-            "inference_flops_ratio", "elapsed")
+            "inference_flops_ratio", "elapsed", "eval_elapsed")
     assert all(tuple(m) == keys for m in metrics)  # the fixed keys of README "Metrics", in order
     assert metrics[-1]["step"] == 16 and metrics[0]["regrown"] > 0
     summary = json.loads((out / "summary.json").read_text())
@@ -44,7 +45,8 @@ def test_cli_run_writes_config_metrics_summary_and_checkpoint(smoke_run):
     assert 0.1 < metrics[0]["explored"] <= metrics[1]["explored"] == summary["explored"] < 1
     assert all(layer["density"] <= layer["explored"] <= 1 for layer in summary["layers"])
     assert metrics[-1]["inference_flops_ratio"] == summary["inference_flops_ratio"] < 1
-    assert {"final_val_acc", "final_test_acc", "best_val_acc", "wall_time", "steps", "layers"} <= set(summary)
+    assert {"final_val_acc", "final_test_acc", "best_val_acc", "wall_time", "eval_time", "steps", "layers"} <= set(summary)
+    assert summary["eval_time"] == metrics[-1]["eval_elapsed"] > 0  # evaluation is timed apart from training
     assert summary["final_test_acc"] == metrics[-1]["test_acc"]
     allocation = rigl.initial_densities(shapes_of(build_model("wrn-10-1", 10)), SparsityConfig(density=0.1))
     assert [(layer["name"], layer["active"]) for layer in summary["layers"]] == [
@@ -179,7 +181,8 @@ def test_a_run_whose_densities_move_resumes_with_the_same_flops(tmp_path, monkey
     straight, resumed = straight_and_resumed(cfg, sparse_cfg, tmp_path, monkeypatch)
     moved = read_jsonl(tmp_path / "straight" / "densities.jsonl")
     assert moved[0]["densities"] != moved[-1]["densities"], "the budgets did not move: nothing is tested"
-    without_time = [lambda m: {k: v for k, v in m.items() if k not in ("elapsed", "wall_time")}][0]
+    without_time = [lambda m: {k: v for k, v in m.items() if k not in ("elapsed", "wall_time", "eval_elapsed",
+                                                                         "eval_time")}][0]
     assert without_time(resumed) == without_time(straight)
     assert [without_time(m) for m in read_jsonl(tmp_path / "straight" / "metrics.jsonl")] == \
            [without_time(m) for m in read_jsonl(tmp_path / "stopped" / "metrics.jsonl")]
@@ -207,7 +210,7 @@ def test_kill_and_resume_ends_bit_identical(tmp_path):
     for name, mask in a["sparsity"]["masks"].items():
         assert torch.equal(mask, b["sparsity"]["masks"][name]), name
         assert torch.equal(a["sparsity"]["ever_active"][name], b["sparsity"]["ever_active"][name]), name
-    drop_time = [lambda m: {k: v for k, v in m.items() if k != "elapsed"}][0]
+    drop_time = [lambda m: {k: v for k, v in m.items() if k not in ("elapsed", "eval_elapsed")}][0]
     assert [drop_time(m) for m in read_jsonl(tmp_path / "straight" / "metrics.jsonl")] == \
            [drop_time(m) for m in read_jsonl(killed / "metrics.jsonl")]
 
@@ -343,6 +346,19 @@ def test_no_mask_update_before_t_end_is_warned_about(caplog):
         Sparsity(small_net(), None, SparsityConfig(update_interval=100), total_steps=100)
     assert "no mask will change: the first update is at step ΔT = 100, not before T_end = 75" in caplog.text
     assert "update_interval (--update-interval) 74 or less gives one, 7 about ten" in caplog.text
+
+
+def test_a_log_that_is_no_terminal_gets_plain_progress_lines(tmp_path, monkeypatch):
+    """Piped to a file or a scheduler's log there is no progress bar: a plain line every
+    terminal.PLAIN_EVERY seconds (here: every step) with the step, loss, images/s and time left."""
+    monkeypatch.setattr(terminal, "PLAIN_EVERY", 0.0)
+    console = rich_console()
+    assert not console.is_terminal
+    cfg = resolve_recipe(TrainConfig(dataset="synthetic", train_subset=256, val_size=0, epochs=1, batch_size=64))
+    train.start_run(cfg, SparsityConfig(update_interval=2), tmp_path / "run", resume=False, console=console)
+    lines = [line for line in console.file.getvalue().splitlines() if line.startswith("epoch 1/1  step")]
+    assert [line.split()[3] for line in lines] == ["1/4", "2/4", "3/4"]  # the last step's line is the epoch's
+    assert all(re.search(r"loss \d+\.\d{3}  [\d,]+ img/s  epoch time left [\d,]+s$", line) for line in lines)
 
 
 def test_a_start_that_fails_leaves_no_directory_behind(tmp_path):
