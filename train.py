@@ -123,6 +123,10 @@ class TrainConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not within(value)):
                 raise ValueError(f"{field} must satisfy {rule}, got {value!r}")
+        if self.train_subset and self.val_size > self.train_subset:
+            raise ValueError(f"--val-size {self.val_size} holds out more images than --train-subset "
+                             f"{self.train_subset} trains on, and evaluating them every epoch would take longer "
+                             f"than the training: give --val-size {max(1, self.train_subset // 10)} (or 0)")
         if self.epochs is not None and round(self.epochs * self.multiplier) < 1:
             raise ValueError(f"--epochs {self.epochs} × --multiplier {self.multiplier} rounds to no epoch at all")
         if self.masks_from is not None and self.densities_from is not None:

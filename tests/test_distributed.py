@@ -31,7 +31,7 @@ def torchrun(*args, **popen):
 def test_a_batch_smaller_than_the_number_of_ranks_is_refused(tmp_path):
     """Every rank needs one image of each batch, or it trains no step at all (and the run would
     report "0 steps" with exit code 0)."""
-    process = torchrun(*DDP_SMOKE, "--batch-size", "1", "--train-subset", "4", "--epochs", "1",
+    process = torchrun(*DDP_SMOKE, "--batch-size", "1", "--train-subset", "4", "--val-size", "0", "--epochs", "1",
                        "--out", str(tmp_path / "run"))
     output = process.communicate(timeout=300)[0]
     assert process.returncode != 0 and "done:" not in output

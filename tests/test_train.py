@@ -254,6 +254,8 @@ def test_offline_without_data_says_how_to_provide_it(tmp_path):
     (["--erk-power-scale", "200"], "erk_power_scale 200.0 takes the ERK scores of the sparse layers out of"),
     (["--method", "pruning", "--t-start", "0.5", "--t-end", "0.5"], "pruning never prunes"),
     (["--method", "pruning", "--train-subset", "64", "--val-size", "0", "--epochs", "1"], "pruning never prunes"),
+    (["--train-subset", "500", "--val-size", "5000"],
+     "--val-size 5000 holds out more images than --train-subset 500 trains on"),
 ])
 def test_bad_option_values_are_rejected_with_a_message(tmp_path, args, message):
     result = run("train", *SMOKE, *args, "--out", str(tmp_path / "run"))
