@@ -33,10 +33,11 @@ Symbols of the paper and their names here:
 
 Part I is the paper, in its order: configuration, layer densities (uniform, ER, ERK), masks,
 schedules, drop and grow, and the `Sparsity` holder. Part II is what goes beyond it, each under
-its own banner: which weights carry masks on any model, resume in any order, RigL-struct, and the
-wrapped optimizer for trainers. The file imports only torch and the standard library, so it can be
-copied on its own. The training loop and recipes are in train.py; the command line, data, run
-directories, sweeps and reports in the rigl_harness package (README, "Reading the code").
+its own banner: configuration checks, which weights carry masks on any model, inspection
+(exploration, print), resume in any order, RigL-struct, and the wrapped optimizer for trainers.
+The file imports only torch and the standard library, so it can be copied on its own. The training
+loop and recipes are in train.py; the command line, data, run directories, sweeps and reports in
+the rigl_harness package (README, "Reading the code").
 """
 
 from __future__ import annotations
@@ -140,31 +141,6 @@ class SparsityConfig:
                 wrong = [v for v in getattr(self, field) if not isinstance(v, (str, type))]
                 if wrong:
                     raise ValueError(f"{field} must hold names, glob patterns or module types, got {wrong!r}")
-
-
-def _check_choice(field: str, value: object, choices: object) -> None:
-    if value not in get_args(choices):
-        allowed = " | ".join(get_args(choices))
-        raise ValueError(f"{field} must be one of {allowed}, got {value!r}")
-
-
-def checked_layer_densities(densities: object, method: str) -> dict[str, float]:
-    """layer_densities as a plain dict of names to densities in (0, 1], for a method whose masks
-    start at a distribution (not dense or Small-Dense, and not pruning, which starts dense)."""
-    if not isinstance(densities, dict) or not all(isinstance(n, str) for n in densities):
-        raise ValueError(f"layer_densities must map masked weight names to densities, got {densities!r}")
-    for name, density in densities.items():
-        _check_range(f"layer_densities[{name!r}]", density, 0.0, 1.0, "0 < density <= 1", low_open=True)
-    if method in UNMASKED + ("pruning",):
-        raise ValueError(f"layer_densities sets the initial masks, and method {method} starts without masks")
-    return {name: float(density) for name, density in densities.items()}
-
-
-def _check_range(field: str, value: float, low: float, high: float, rule: str,
-                 low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
-    if not ok or (low_open and value == low):
-        raise ValueError(f"{field} must satisfy {rule}, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,11 +400,7 @@ class Sparsity:
             raise ValueError(f"the model has no trainable convolution, Linear or Conv1D weight to make "
                              f"sparse; select weights with extra_weights, among "
                              f"{list(model_weights(model))[:8]}")
-        sparse_gradients = with_sparse_gradients(model, self.weights)  # Part II
-        if sparse_gradients:
-            raise ValueError(f"{sparse_gradients[0]} has sparse gradients (nn.Embedding(sparse=True)), "
-                             f"which a mask update can neither rank nor mask: build it with sparse=False, "
-                             f"or leave it out of extra_weights")
+        refuse_sparse_gradients(model, self.weights)  # Part II
         self.parameter_count = sum(p.numel() for p in model.parameters())
         self.dense_layers = dense_layers_of(list(self.weights), config, weight_aliases(model, self.weights))
         self.initial_densities = initial_densities({n: w.shape for n, w in self.weights.items()}, config,
@@ -669,24 +641,10 @@ class Sparsity:
         return {r["name"]: r["density"] for r in self.layer_stats()}
 
     def explored_counts(self) -> dict[str, int] | None:
-        """Per masked weight, how many of its weights have been active at least once since the
-        start; a layer without a mask (dense by choice or capping) counts all of its weights. None
-        for the unmasked methods, which explore nothing."""
-        if self.config.method in UNMASKED:
-            return None
-        return {name: int(torch.count_nonzero(self.ever_active[name])) if name in self.ever_active
-                else weight.numel() for name, weight in self.weights.items()}
+        return explored_counts(self)  # Part II
 
     def exploration_rate(self) -> float | None:
-        """In-time over-parameterisation rate (Liu et al., ICML 2021, arXiv:2102.02887): the fraction
-        of all masked weights that were active at least once, R = Σ_l |ever active_l| / Σ_l n_l.
-        Layers without a mask count whole, so static training's rate is its overall density: d, or
-        above d where layers stay dense outside the budget (uniform's first layer: 0.1004 for WRN-22-2
-        at d = 0.1). Every regrown connection new to its layer raises it."""
-        explored = self.explored_counts()
-        if explored is None:
-            return None
-        return sum(explored.values()) / sum(w.numel() for w in self.weights.values())
+        return exploration_rate(self)  # Part II
 
     def total_row(self) -> dict:
         """All masked weights together: name "total", active and total counts, overall density."""
@@ -696,29 +654,7 @@ class Sparsity:
                 "explored": self.exploration_rate()}
 
     def __repr__(self) -> str:
-        """The header: the share of the parameters under masks and their density, the share held by
-        weights without a mask (dense by choice, by the capping, or by the method); then each
-        masked weight, and the total over all of them."""
-        cfg, rows, total = self.config, self.layer_stats(), self.total_row()
-        width = max(len(r["name"]) for r in rows)
-        under = sum(self.weights[name].numel() for name in self.masks)
-        unmasked = sum(w.numel() for name, w in self.weights.items() if name not in self.masks)
-
-        def share(count: int) -> str:
-            return f"{100 * count / self.parameter_count:.1f}% of the parameters"
-        masked = (f"density={sum(self.active_counts().values()) / under:.4f} under masks ({share(under)})"
-                  if under else "no masks")
-        lines = [f"Sparsity(method={cfg.method}, distribution={cfg.distribution}, {masked}, "
-                 f"dense without a mask: {share(unmasked)}, "
-                 f"explored={'n/a' if total['explored'] is None else format(total['explored'], '.4f')}, "
-                 f"step={self.step_count}/{self.total_steps}, "
-                 f"update_interval={cfg.update_interval}, t_end={self.t_end})"]
-        lines.append(f"  {'weight':<{width}}  {'shape':<16}  {'density':>7}  {'explored':>8}  active / total")
-        for r in rows + [total]:
-            explored = "n/a" if r["explored"] is None else f"{r['explored']:.4f}"
-            lines.append(f"  {r['name']:<{width}}  {str(r['shape']):<16}  {r['density']:7.4f}  "
-                         f"{explored:>8}  {r['active']:>11,} / {r['total']:,}")
-        return "\n".join(lines)
+        return describe(self)  # Part II
 
     def state_dict(self) -> dict:
         return {"step_count": self.step_count, "masks": {n: m.clone() for n, m in self.masks.items()},
@@ -758,9 +694,39 @@ class Sparsity:
 
 
 # =============================================================================================
-# Part II. Beyond the paper: which weights carry masks on any model, resume in any order,
-# RigL-struct, the wrapped optimizer
+# Part II. Beyond the paper: configuration checks, which weights carry masks on any model,
+# inspection, resume in any order, RigL-struct, the wrapped optimizer
 # =============================================================================================
+
+# ---------------------------------------------------------------------------------------------
+# Checks of a configuration: one ValueError naming the field
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_choice(field: str, value: object, choices: object) -> None:
+    if value not in get_args(choices):
+        allowed = " | ".join(get_args(choices))
+        raise ValueError(f"{field} must be one of {allowed}, got {value!r}")
+
+
+def checked_layer_densities(densities: object, method: str) -> dict[str, float]:
+    """layer_densities as a plain dict of names to densities in (0, 1], for a method whose masks
+    start at a distribution (not dense or Small-Dense, and not pruning, which starts dense)."""
+    if not isinstance(densities, dict) or not all(isinstance(n, str) for n in densities):
+        raise ValueError(f"layer_densities must map masked weight names to densities, got {densities!r}")
+    for name, density in densities.items():
+        _check_range(f"layer_densities[{name!r}]", density, 0.0, 1.0, "0 < density <= 1", low_open=True)
+    if method in UNMASKED + ("pruning",):
+        raise ValueError(f"layer_densities sets the initial masks, and method {method} starts without masks")
+    return {name: float(density) for name, density in densities.items()}
+
+
+def _check_range(field: str, value: float, low: float, high: float, rule: str,
+                 low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+    if not ok or (low_open and value == low):
+        raise ValueError(f"{field} must satisfy {rule}, got {value!r}")
+
 
 # ---------------------------------------------------------------------------------------------
 # Which weights carry masks: convolutions, Linear and Conv1D by default; more when selected
@@ -873,12 +839,16 @@ def left_dense(model: nn.Module, masked: dict[str, nn.Parameter]) -> dict[str, n
     return found
 
 
-def with_sparse_gradients(model: nn.Module, weights: dict[str, nn.Parameter]) -> list[str]:
-    """The weights among `weights` that a module with sparse gradients holds (nn.Embedding or
-    nn.EmbeddingBag built with sparse=True), under any of their names."""
+def refuse_sparse_gradients(model: nn.Module, weights: dict[str, nn.Parameter]) -> None:
+    """A ValueError for a weight among `weights` that a module with sparse gradients holds
+    (nn.Embedding or nn.EmbeddingBag built with sparse=True), under any of its names."""
     chosen = {id(w) for w in weights.values()}
-    return [name for name, (param, module) in model_weights(model).items()
-            if id(param) in chosen and getattr(module, "sparse", False) is True]
+    sparse = [name for name, (param, module) in model_weights(model).items()
+              if id(param) in chosen and getattr(module, "sparse", False) is True]
+    if sparse:
+        raise ValueError(f"{sparse[0]} has sparse gradients (nn.Embedding(sparse=True)), which a mask "
+                         f"update can neither rank nor mask: build it with sparse=False, or leave it out of "
+                         f"extra_weights")
 
 
 def unwrapped(model: nn.Module) -> nn.Module:
@@ -942,6 +912,59 @@ def log_dense_weights(model: nn.Module, sparsity: Sparsity) -> None:
                  kernelless or "none")
     log.info("dense by choice (outside the density budget): %s", list(sparsity.dense_layers) or "none")
     log.info("dense by the %s capping: %s", config.distribution, capped or "none")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inspection: exploration (Liu et al. 2021) and print(sparsity)
+# ---------------------------------------------------------------------------------------------
+
+
+def explored_counts(sparsity: Sparsity) -> dict[str, int] | None:
+    """Per masked weight, how many of its weights have been active at least once since the
+    start; a layer without a mask (dense by choice or capping) counts all of its weights. None
+    for the unmasked methods, which explore nothing."""
+    if sparsity.config.method in UNMASKED:
+        return None
+    return {name: int(torch.count_nonzero(sparsity.ever_active[name])) if name in sparsity.ever_active
+            else weight.numel() for name, weight in sparsity.weights.items()}
+
+
+def exploration_rate(sparsity: Sparsity) -> float | None:
+    """In-time over-parameterisation rate (Liu et al., ICML 2021, arXiv:2102.02887): the fraction
+    of all masked weights that were active at least once, R = Σ_l |ever active_l| / Σ_l n_l.
+    Layers without a mask count whole, so static training's rate is its overall density: d, or
+    above d where layers stay dense outside the budget (uniform's first layer: 0.1004 for WRN-22-2
+    at d = 0.1). Every regrown connection new to its layer raises it."""
+    explored = explored_counts(sparsity)
+    if explored is None:
+        return None
+    return sum(explored.values()) / sum(w.numel() for w in sparsity.weights.values())
+
+
+def describe(sparsity: Sparsity) -> str:
+    """`print(sparsity)`. The header: the share of the parameters under masks and their density, the
+    share held by weights without a mask (dense by choice, by the capping, or by the method); then
+    each masked weight, and the total over all of them."""
+    cfg, rows, total = sparsity.config, sparsity.layer_stats(), sparsity.total_row()
+    width = max(len(r["name"]) for r in rows)
+    under = sum(sparsity.weights[name].numel() for name in sparsity.masks)
+    unmasked = sum(w.numel() for name, w in sparsity.weights.items() if name not in sparsity.masks)
+
+    def share(count: int) -> str:
+        return f"{100 * count / sparsity.parameter_count:.1f}% of the parameters"
+    masked = (f"density={sum(sparsity.active_counts().values()) / under:.4f} under masks ({share(under)})"
+              if under else "no masks")
+    lines = [f"Sparsity(method={cfg.method}, distribution={cfg.distribution}, {masked}, "
+             f"dense without a mask: {share(unmasked)}, "
+             f"explored={'n/a' if total['explored'] is None else format(total['explored'], '.4f')}, "
+             f"step={sparsity.step_count}/{sparsity.total_steps}, "
+             f"update_interval={cfg.update_interval}, t_end={sparsity.t_end})"]
+    lines.append(f"  {'weight':<{width}}  {'shape':<16}  {'density':>7}  {'explored':>8}  active / total")
+    for r in rows + [total]:
+        explored = "n/a" if r["explored"] is None else f"{r['explored']:.4f}"
+        lines.append(f"  {r['name']:<{width}}  {str(r['shape']):<16}  {r['density']:7.4f}  "
+                     f"{explored:>8}  {r['active']:>11,} / {r['total']:,}")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
