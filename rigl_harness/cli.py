@@ -373,9 +373,10 @@ def check_passed_on(ctx: typer.Context, study: studies.Study) -> None:
     for step in study.steps:
         clash = sorted(given & reserved.get(type(step), set()))
         if clash:
-            raise runs.UsageError(f"--{clash[0].replace('_', '-')}: this study's {type(step).__name__.lower()} "
-                                  f"steps set it for each run; reproduce passes on only options that every "
-                                  f"step takes (--data-dir, --device, --workers, ...)")
+            kind = type(step).__name__.lower()
+            raise runs.UsageError(f"--{clash[0].replace('_', '-')}: this study's {kind} steps set it for each "
+                                  f"run; reproduce passes on only options that every step takes (--data-dir, "
+                                  f"--device, --workers, ...)")
 
 
 SCALE_RECORD = "reproduce.json"
