@@ -424,12 +424,7 @@ class Sparsity:
         self._keeps_zeroed = True
         self.apply_masks()
         log_dense_weights(model, self)  # Part II
-        if config.method in DROP_AND_GROW and self.t_end <= config.update_interval:
-            advice = (f"update_interval (--update-interval) {self.t_end - 1} or less gives one, "
-                      f"{max(1, (self.t_end - 1) // 10)} about ten" if self.t_end > 1 else
-                      "lengthen the run or raise t_end")
-            log.warning("no mask will change: the first update is at step ΔT = %d, not before T_end = %d "
-                        "of %d steps; %s", config.update_interval, self.t_end, total_steps, advice)
+        warn_if_no_update(self)  # Part II
 
     def _initial_masks(self) -> dict[str, torch.Tensor]:
         """Exact random masks. A layer at density 1 carries no mask: for RigL and SET an update could
@@ -459,8 +454,9 @@ class Sparsity:
         self.step_count += 1
         cfg, t = self.config, self.step_count
         self.masks_changed = False
-        self._keeps_zeroed = False  # training has begun: what the masks zeroed is no weight to restore
-        self._zeroed.clear()
+        if self._keeps_zeroed:  # training has begun: what the masks zeroed is no weight to restore
+            self._keeps_zeroed = False
+            self._zeroed.clear()
         if cfg.method in DROP_AND_GROW and is_update_step(t, cfg.update_interval, self.t_end):
             if not self.gradients_finite():  # e.g. an fp16 overflow: no ranking can be trusted
                 log.warning("step %d: non-finite gradients, mask update skipped", t)
@@ -726,6 +722,18 @@ def _check_range(field: str, value: float, low: float, high: float, rule: str,
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
     if not ok or (low_open and value == low):
         raise ValueError(f"{field} must satisfy {rule}, got {value!r}")
+
+
+def warn_if_no_update(sparsity: Sparsity) -> None:
+    """A WARNING, with an update interval that would do, when a drop-and-grow run is too short for
+    its first update (at step ΔT) to come before T_end."""
+    config, t_end = sparsity.config, sparsity.t_end
+    if config.method not in DROP_AND_GROW or t_end > config.update_interval:
+        return
+    advice = (f"update_interval (--update-interval) {t_end - 1} or less gives one, "
+              f"{max(1, (t_end - 1) // 10)} about ten" if t_end > 1 else "lengthen the run or raise t_end")
+    log.warning("no mask will change: the first update is at step ΔT = %d, not before T_end = %d of %d "
+                "steps; %s", config.update_interval, t_end, sparsity.total_steps, advice)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -825,35 +825,23 @@ def resume_weights(wrap: bool, load) -> tuple[dict, dict]:
     return straight, continued(*load(saved))
 
 
-def weights_then_sparsity(saved):
-    """Load the model's weights, then build the Sparsity (its random masks), then load its state."""
-    model = small_net()
-    model.load_state_dict(saved["model"])
-    optimizer = sgd(model)
-    sparsity = Sparsity(model, optimizer, RESUME_CONFIG, total_steps=12)
-    optimizer.load_state_dict(saved["optimizer"])
-    sparsity.load_state_dict(saved["sparsity"])
-    return model, optimizer, sparsity
-
-
-def sparsity_then_weights(saved):
-    model = small_net()
-    optimizer = sgd(model)
-    sparsity = Sparsity(model, optimizer, RESUME_CONFIG, total_steps=12)
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    sparsity.load_state_dict(saved["sparsity"])
-    return model, optimizer, sparsity
-
-
-def masks_then_weights(saved):
-    model = small_net()
-    optimizer = sgd(model)
-    sparsity = Sparsity(model, optimizer, RESUME_CONFIG, total_steps=12)
-    sparsity.load_state_dict(saved["sparsity"])
-    optimizer.load_state_dict(saved["optimizer"])
-    model.load_state_dict(saved["model"])
-    return model, optimizer, sparsity
+def resume_in_order(*order: str):
+    """Load a checkpoint in this order of "weights" (the model's), "sparsity" (build it: its own
+    random masks are applied) and "state" (the optimizer's and the Sparsity's)."""
+    def load(saved):
+        model = small_net()
+        optimizer = sgd(model)
+        built = {}
+        for step in order:
+            if step == "weights":
+                model.load_state_dict(saved["model"])
+            elif step == "sparsity":
+                built["sparsity"] = Sparsity(model, optimizer, RESUME_CONFIG, total_steps=12)
+            else:
+                optimizer.load_state_dict(saved["optimizer"])
+                built["sparsity"].load_state_dict(saved["sparsity"])
+        return model, optimizer, built["sparsity"]
+    return load
 
 
 def trainer_resume(weights_first: bool, trained_first: bool = False):
@@ -879,7 +867,9 @@ def trainer_resume(weights_first: bool, trained_first: bool = False):
 
 
 @pytest.mark.parametrize("wrap, load", [
-    (False, weights_then_sparsity), (False, sparsity_then_weights), (False, masks_then_weights),
+    (False, resume_in_order("weights", "sparsity", "state")),
+    (False, resume_in_order("sparsity", "weights", "state")),
+    (False, resume_in_order("sparsity", "state", "weights")),
     (True, trainer_resume(weights_first=True)), (True, trainer_resume(weights_first=False)),
     (True, trainer_resume(weights_first=False, trained_first=True))],
     ids=["weights-sparsity-state", "sparsity-weights-state", "sparsity-state-weights",
