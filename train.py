@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -48,6 +49,11 @@ NUMBER_FIELDS = {
     "warmup": ("warmup >= 0 and <= 1", lambda v: 0 <= v <= 1),
 }
 """TrainConfig's real-valued fields: the rule each must satisfy, as the error states it."""
+
+
+def default_workers() -> int:
+    """One DataLoader worker per CPU core, at most 8: --workers' default."""
+    return min(8, os.cpu_count() or 1)
 
 
 @dataclass
@@ -97,8 +103,9 @@ class TrainConfig:
     accumulate: int = 1
     """Gradient accumulation: one optimizer step every N micro-batches of --batch-size; ΔT, T_end
     and the learning-rate schedule count optimizer steps, and growth sees the accumulated gradient."""
-    workers: int = 8
-    """DataLoader worker processes for ImageNet (CIFAR is held in memory and needs none)."""
+    workers: int = default_workers()
+    """DataLoader worker processes for ImageNet (CIFAR is held in memory and needs none): one per CPU
+    core, at most 8. Each augments with its own random stream, so an ImageNet run resumes with its own."""
     masks_from: str | None = None
     """A finished run's directory: start from its exact final masks, with fresh weights unless
     --init-from (the report's Table 5 restart; lottery's ticket)."""

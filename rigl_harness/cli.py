@@ -7,6 +7,7 @@ train.py), and its help is that field's docstring (options.help_of).
 
 import json
 import logging
+import os
 import shlex
 import warnings
 from dataclasses import replace
@@ -23,6 +24,7 @@ except ModuleNotFoundError as error:
 import flops
 from rigl import Distribution, Method, SparsityConfig
 from rigl_harness import bench, report, runs, studies, sweep, terminal, tune
+from rigl_harness.data import check_cifar_on_disk
 from rigl_harness.deploy import export
 from rigl_harness.distributed import pick_device
 from rigl_harness.options import comma_separated, configs_from_options, help_of
@@ -335,7 +337,8 @@ def reproduce_command(
     study: Annotated[StudyName, typer.Argument(help="The report's table or figure (docs/report-map.md).")],
     root: Annotated[str, typer.Argument(help="Directory of the study's sweeps, studies and reports.")],
     scale: Annotated[ScaleName, typer.Option(
-        help="full: the report's runs; cpu: synthetic data, minutes; smoke: the tests' size.")] = "full",
+        help="full: the report's runs; laptop: real CIFAR, 4 min a run on a CPU core; cpu: synthetic data, "
+             "minutes; smoke: the tests' size.")] = "full",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands; run nothing.")] = False,
 ) -> None:
     """Run the sweep, tune, train and report commands of one of the report's tables or figures into
@@ -345,7 +348,10 @@ def reproduce_command(
     with terminal.user_errors(console, lambda: "interrupted: rerun the same reproduce command to continue"):
         chosen = studies.STUDIES[study]
         check_passed_on(ctx, chosen)
-        found = studies.commands(chosen, studies.SCALES[scale], root, tuple(ctx.args))
+        extra = tuple(ctx.args)
+        if not dry_run and "--dataset" not in studies.SCALES[scale].options:
+            extra = check_real_data(ctx, chosen, console)
+        found = studies.commands(chosen, studies.SCALES[scale], root, extra)
         console.print(f"{study}: {chosen.item}; at full length {len(studies.full_runs(chosen))} runs, about "
                       f"{studies.gpu_hours(chosen):g} GPU-hours (docs/report-map.md)",
                       highlight=False, soft_wrap=True)
@@ -358,6 +364,25 @@ def reproduce_command(
                           highlight=False, soft_wrap=True)
             if step and not dry_run:
                 run_command(step)
+
+
+DATA_DIR_VARIABLE = "RIGL_DATA_DIR"
+"""The folder holding the real CIFAR-10 (the one the tests use): a study on real data trains on it
+when no --data-dir is given."""
+
+
+def check_real_data(ctx: typer.Context, study: studies.Study, console) -> tuple[str, ...]:
+    """The options passed on to a study on real data, with --data-dir from RIGL_DATA_DIR where none is
+    given; a CIFAR it needs that is not there is refused in one line before anything runs."""
+    parsed = parsed_train_options(ctx)
+    extra, data_dir = tuple(ctx.args), parsed.params["data_dir"]
+    if "data_dir" not in given_options(parsed) and os.environ.get(DATA_DIR_VARIABLE):
+        data_dir = os.environ[DATA_DIR_VARIABLE]
+        extra += ("--data-dir", data_dir)
+        console.print(f"data: {data_dir} (from {DATA_DIR_VARIABLE})", highlight=False)
+    for dataset in sorted({dataset for dataset, _ in studies.full_runs(study)}):
+        check_cifar_on_disk(dataset, data_dir)
+    return extra
 
 
 RESTART_SETS = {"method", "distribution", "density", "masks_from", "densities_from", "init_from", "seed",
@@ -427,12 +452,18 @@ def run_command(args: list[str]) -> None:
 
 
 @app.command("report")
-def report_command(root: Annotated[str, typer.Argument(help="Directory holding finished runs.")]) -> None:
-    """Table 2 (mean ± std over seeds, with FLOPs) and figures from every finished run under
-    ROOT: printed, and saved as ROOT/report.md, ROOT/report.csv and ROOT/figures/*.png."""
+def report_command(
+    root: Annotated[str, typer.Argument(help="Directory holding finished runs.")],
+    reference_interval: Annotated[int, typer.Option(
+        min=1, help="ΔT of the reference point that other (α, ΔT) are compared with (α = 0.3).")]
+        = SparsityConfig.update_interval,
+) -> None:
+    """Table 2 (mean ± std over seeds, with FLOPs), the comparisons behind the report's findings
+    (differences with 95% Welch intervals and verdicts) and figures from every finished run under
+    ROOT: printed, and saved as ROOT/report.md, report.csv, comparisons.csv, runs.csv and figures/*.png."""
     console = terminal.make_console()
     with terminal.user_errors(console):
-        report.make_report(root, console)
+        report.make_report(root, console, reference_interval)
 
 
 @app.command("bench")

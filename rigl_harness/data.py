@@ -132,11 +132,27 @@ def image_folder(folder: str, transform):
         raise DataUnavailable(f"{folder}: {error}; ImageNet needs {folder}/<class>/<image> files") from None
 
 
+CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+"""The folder of each CIFAR's python version under --data-dir, as torchvision unpacks it."""
+
+
+def check_cifar_on_disk(name: str, root: str) -> None:
+    """Refuse, in one line, a CIFAR whose python-version files are not all under `root`: a study
+    checks this before its first run rather than failing in it."""
+    import torchvision
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    missing = [file for file, _ in cls.train_list + cls.test_list
+               if not os.path.isfile(os.path.join(root, CIFAR_FOLDERS[name], file))]
+    if missing:
+        raise DataUnavailable(f"{name} is not in {os.path.join(root, CIFAR_FOLDERS[name])} (no {missing[0]}): "
+                              f"give --data-dir with the folder that holds its python version")
+
+
 def cifar_images(name: str, root: str) -> tuple:
     """CIFAR-10/100 through torchvision, downloaded into `root` when the network allows."""
     import torchvision
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-    folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
+    folder = CIFAR_FOLDERS[name]
     damaged = [file for file, md5 in cls.train_list + cls.test_list if os.path.exists(os.path.join(root, folder, file))
                and not torchvision.datasets.utils.check_integrity(os.path.join(root, folder, file), md5)]
     if damaged:

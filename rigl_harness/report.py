@@ -5,7 +5,9 @@ Report:  Sundar & Dwaraknath. "[Re] Rigging the Lottery". ReScience C 7(2), 2021
          distribution, columns = density) and the accuracy-against-density and -FLOPs figures.
 Input:   every folder under ROOT with config.json and summary.json (`python rigl.py train` or
          `sweep` wrote them), and densities.jsonl for the per-layer figures.
-Output:  ROOT/report.md, ROOT/report.csv and ROOT/figures/*.png.
+Output:  ROOT/report.md (the table, the exploration rates and the comparisons), ROOT/report.csv
+         (one row per table cell), ROOT/comparisons.csv (each difference with its 95% interval and
+         verdict, comparisons.py), ROOT/runs.csv (one row per run) and ROOT/figures/*.png.
 
 Runs are pooled over seeds only when every other setting agrees; otherwise the report refuses and
 names what differs. The figures are drawn by figures.py, the rows named by labels.py.
@@ -24,10 +26,12 @@ from rich.table import Table
 
 from flops import NO_DISTRIBUTION
 from rigl import CHANGES_EVERY_INTERVAL, DROP_AND_GROW, UNMASKED, SparsityConfig
+from rigl_harness.comparisons import CONFIDENCE, compare, format_interval
 from rigl_harness.figures import report_figures
 from rigl_harness.labels import GROUP_KEYS, ROW_KEYS, format_ratio, group_label, method_name, row_order, several_tasks
 from rigl_harness.runs import may_differ, read_config, read_json, write_text
 from train import TrainConfig, resolve_recipe
+
 
 def find_run_dirs(root) -> tuple[list[Path], list[Path]]:
     """Finished runs (config.json and summary.json) and unfinished ones (config.json only)."""
@@ -116,12 +120,12 @@ def run_record(path) -> dict:
             "val_acc": summary.get("final_val_acc"),
             "train_flops_ratio": summary["train_flops_ratio"], "inference_flops_ratio": summary["inference_flops_ratio"],
             "explored": summary["explored"],  # None for dense and Small-Dense
-            "epochs": summary["epochs"], "layers": summary["layers"],
+            "epochs": summary["epochs"], "steps": summary["steps"], "layers": summary["layers"],
             "densities": read_densities(path), "flops_history": read_flops_history(path)}
 
 
 SUMMARY_NUMBERS = {"final_test_acc": True, "final_val_acc": False, "train_flops_ratio": True,
-                   "inference_flops_ratio": True, "explored": False, "epochs": True}
+                   "inference_flops_ratio": True, "explored": False, "epochs": True, "steps": True}
 """The numbers of summary.json that the report reads, and whether each is required (else null is
 allowed: no validation split, or a method without masks, which explores nothing)."""
 
@@ -175,7 +179,8 @@ def aggregate(runs: list[dict]) -> list[dict]:
         check_poolable(members)
         accs = [r["test_acc"] for r in members]
         groups.append({**dict(zip(GROUP_KEYS, key)), "variant": members[0]["variant"], "n": len(members),
-                       "test_mean": statistics.fmean(accs),
+                       "accs": accs, "test_mean": statistics.fmean(accs),
+                       "val_mean": mean_or_none([r["val_acc"] for r in members]),
                        # Sample std (ddof = 1), as the report's "±"; a single seed has no spread.
                        "test_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                        "train_flops_ratio": mean_or_none([r["train_flops_ratio"] for r in members]),
@@ -262,19 +267,54 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
         ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def write_tables(header: list[str], rows: list[list[str]], groups: list[dict], root) -> tuple[Path, Path]:
-    """ROOT/report.md (Table 2, then the exploration rates in its layout) and ROOT/report.csv
-    (one numeric row per group)."""
-    md_path, csv_path = Path(root) / "report.md", Path(root) / "report.csv"
+COMPARISON_COLUMNS = ("kind", "dataset", "model", "density", "first", "second", "first_mean", "first_n",
+                      "second_mean", "second_n", "difference", "low", "high", "verdict", "best")
+RUN_COLUMNS = ("method", "distribution", "density", "multiplier", "seed", "dataset", "model", "steps", "epochs",
+               "test_acc", "val_acc", "drop_fraction", "update_interval", "lr", "origin", "train_flops_ratio",
+               "inference_flops_ratio", "explored", "path")
+"""runs.csv: one row per finished run, its path relative to ROOT."""
+
+COMPARISON_CAPTION = (f"Comparisons of last-epoch test accuracy (%): A's mean minus B's over seeds, with its "
+                      f"{CONFIDENCE:.0%} confidence interval (Welch's t, unequal variances). The verdict names "
+                      f"the better row only where the interval excludes 0. A grid point marked \"best by "
+                      f"validation\" has the best mean validation accuracy of its density's (α, ΔT) grid: the one "
+                      f"chosen without the test set.")
+
+
+def comparison_table(comparisons: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """One row per comparison: A, B, density, both means with their seeds, A − B [interval], verdict."""
+    header = ["A", "B", "d", "A: mean (seeds)", "B: mean (seeds)", f"A − B [{CONFIDENCE:.0%} CI]", "verdict"]
+    rows = [[c["first"] + (", best by validation" if c["best"] else ""), c["second"], f"{c['density']:g}",
+             f"{c['first_mean']:.2f} ({c['first_n']})", f"{c['second_mean']:.2f} ({c['second_n']})",
+             format_interval(c), c["verdict"]] for c in comparisons]
+    return header, rows
+
+
+def csv_text(records: list[dict], columns: tuple[str, ...]) -> str:
+    """Records as CSV with these columns; None becomes an empty field."""
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(records)
+    return table.getvalue()
+
+
+def write_tables(header: list[str], rows: list[list[str]], groups: list[dict], comparisons: list[dict],
+                 runs: list[dict], root) -> list[Path]:
+    """ROOT/report.md (Table 2, the exploration rates in its layout, the comparisons), ROOT/report.csv
+    (one numeric row per group), ROOT/comparisons.csv and ROOT/runs.csv (one row per run)."""
+    root = Path(root)
     lines = [table_caption(groups), "", *markdown_table(header, rows), "", EXPLORED_CAPTION, "",
              *markdown_table(*table_rows(groups, format_explored))]
-    write_text(md_path, "\n".join(lines) + "\n")
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(groups)  # None (no FLOPs recorded) becomes an empty field
-    write_text(csv_path, table.getvalue())
-    return md_path, csv_path
+    if comparisons:
+        lines += ["", COMPARISON_CAPTION, "", *markdown_table(*comparison_table(comparisons))]
+    paths = [root / name for name in ("report.md", "report.csv", "comparisons.csv", "runs.csv")]
+    write_text(paths[0], "\n".join(lines) + "\n")
+    write_text(paths[1], csv_text(groups, CSV_COLUMNS))
+    write_text(paths[2], csv_text(comparisons, COMPARISON_COLUMNS))
+    write_text(paths[3], csv_text([{**r, "path": str(Path(r["path"]).relative_to(root))} for r in runs],
+                                  RUN_COLUMNS))
+    return paths
 
 
 def print_table(header: list[str], rows: list[list[str]], console,
@@ -320,9 +360,11 @@ def read_flops_history(run_path) -> list[tuple[int, float]]:
     return points
 
 
-def make_report(root, console) -> dict:
-    """Table 2 (printed, ROOT/report.md, ROOT/report.csv) and figures (ROOT/figures/) from every
-    finished run under ROOT. Raises ValueError when there is none."""
+def make_report(root, console, reference_interval: int = SparsityConfig.update_interval) -> dict:
+    """Table 2 (printed, ROOT/report.md, ROOT/report.csv), the comparisons (printed, in report.md and
+    ROOT/comparisons.csv), ROOT/runs.csv and figures (ROOT/figures/) from every finished run under
+    ROOT; grid points of α and ΔT are compared with α = 0.3 and `reference_interval`. Raises
+    ValueError when there is no finished run."""
     finished, unfinished = find_run_dirs(root)
     if not finished:
         raise ValueError(f"no finished runs (summary.json) under {root}")
@@ -333,12 +375,17 @@ def make_report(root, console) -> dict:
     if any(g["explored"] is not None for g in groups):
         print_table(*table_rows(groups, format_explored), console,
                     title="Explored: fraction of the masked weights ever active (mean over seeds)")
-    tables = list(write_tables(header, rows, groups, root))
+    comparisons = compare(groups, reference_interval)
+    if comparisons:
+        print_table(*comparison_table(comparisons), console,
+                    title=f"A − B: last-epoch test accuracy, {CONFIDENCE:.0%} interval (Welch)")
+    tables = write_tables(header, rows, groups, comparisons, runs, root)
     figures = report_figures(runs, groups, Path(root) / "figures")
     for path in tables + figures:
         console.print(f"wrote {path}", highlight=False)
     if unfinished:
         console.print(f"note: skipped {len(unfinished)} unfinished run(s) without summary.json: "
                       + ", ".join(str(p) for p in unfinished), highlight=False, soft_wrap=True)
-    return {"runs": len(runs), "groups": len(groups), "unfinished": [str(p) for p in unfinished],
+    return {"runs": len(runs), "groups": len(groups), "comparisons": comparisons,
+            "unfinished": [str(p) for p in unfinished],
             "tables": tables, "figures": figures}

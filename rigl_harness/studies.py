@@ -48,9 +48,14 @@ SCALES = {
     "smoke": Scale(("--dataset", "synthetic", "--model", "wrn-10-1", "--train-subset", "64", "--val-size", "32",
                     "--test-subset", "64", "--batch-size", "16", "--epochs", "1", "--workers", "0"), (0,), 1, 2,
                    {"densities": 1, "lrs": 2}),
+    "laptop": Scale(("--model", "wrn-10-1", "--train-subset", "33000", "--val-size", "2000", "--epochs", "2",
+                     "--workers", "0"), (0, 1, 2), 25, 6),
 }
-"""full: the report's recipes and seeds. cpu: WRN-10-1 on 512 synthetic images for 3 epochs (24
-steps, ΔT = 4), two seeds, minutes per study on a laptop. smoke: one seed, 4 steps of 16 images, 64
+"""full: the report's recipes and seeds. laptop: WRN-10-1 on 33,000 real training images for 2 epochs
+(516 steps, ΔT = 25, so 15 mask updates before T_end), 2,000 others held out for validation, the
+whole test set, three seeds: about 4 minutes a run on one core of a laptop, the findings study's size.
+cpu: WRN-10-1 on 512 synthetic images for 3 epochs (24 steps, ΔT = 4), two seeds, minutes per study
+on a laptop. smoke: one seed, 4 steps of 16 images, 64
 test images, the first density and two learning rates of each grid: every command of every study,
 with all its options, at the least cost (what the tests run)."""
 
@@ -202,7 +207,9 @@ class Report:
     folder: str
 
     def commands(self, scale: Scale, root: str) -> list[list[str]]:
-        return [["report", f"{root}/{self.folder}"]]
+        """The report, comparing (α, ΔT) with the scale's reference point (α = 0.3, the scale's ΔT)."""
+        reference = () if scale.update_interval is None else ("--reference-interval", str(scale.update_interval))
+        return [["report", f"{root}/{self.folder}", *reference]]
 
     def full_runs(self) -> list[tuple[str, float]]:
         return []
@@ -296,8 +303,19 @@ STUDIES = {
         "Supplement, Dynamic Structured Sparsity: RigL-struct (kernel-level masks) beside RigL",
         (sweep("struct", methods="rigl,rigl-struct", distributions="uniform,er", densities="0.1,0.2"), Report("struct")),
         ("struct/report.md",)),
+    "findings": Study(
+        "The report's three findings at one size: RigL against static, SET and SNFS at d = 0.05 (uniform and "
+        "ERK); RigL 2× against pruning; α and ΔT around the reference point at d = 0.1 and 0.2 (ERK)",
+        (sweep("findings", methods="static,set,snfs,rigl", distributions="uniform,erk", densities="0.05"),
+         sweep("findings", methods="pruning", distributions="uniform", densities="0.05"),
+         sweep("findings", methods="rigl", multipliers="2", distributions="uniform", densities="0.05"),
+         sweep("findings", methods="rigl", distributions="erk", densities="0.1,0.2", drop_fractions="0.3,0.5",
+               update_intervals="100,200"),
+         Report("findings")),
+        ("findings/report.md", "findings/comparisons.csv", "findings/runs.csv")),
 }
-"""Every table and figure of the report that a command reproduces, in the report's order."""
+"""Every table and figure of the report that a command reproduces, in the report's order; then the
+findings study, which holds the report's three findings to one size (docs/results.md)."""
 
 
 def commands(study: Study, scale: Scale, root: str, extra: tuple[str, ...] = ()) -> list[list[str]]:

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from rigl import Method
-from rigl_harness import figures, labels, report
+from rigl_harness import comparisons, figures, labels, report
 
 
 # --- report.py ------------------------------------------------------------------------------------
@@ -23,7 +23,7 @@ LAYERS = {"conv1.weight": (16, 3, 3, 3), "group1.0.conv1.weight": (32, 16, 3, 3)
 
 def fake_run(root, name, method, distribution, density, seed, test_acc, multiplier=1.0,
              drop_fraction=0.3, update_interval=100, flops=(0.35, 0.35), history=3,
-             layers=LAYERS, explored=None, flops_history=()):
+             layers=LAYERS, explored=None, flops_history=(), val_acc=None):
     """A finished run directory as `train` writes it: config.json, summary.json, densities.jsonl
     with epochs 0..history (densities drift a little) and metrics.jsonl with one record per epoch,
     its forward FLOPs ratio `flops_history` (default: the summary's, every epoch)."""
@@ -36,7 +36,7 @@ def fake_run(root, name, method, distribution, density, seed, test_acc, multipli
               "torch": "2.x", "git_commit": None}
     (out / "config.json").write_text(json.dumps(config))
     final = {n: min(1.0, density * (1 + i / 4)) for i, n in enumerate(layers)}
-    summary = {"final_val_acc": None, "final_test_acc": test_acc, "best_val_acc": None,
+    summary = {"final_val_acc": val_acc, "final_test_acc": test_acc, "best_val_acc": None,
                "epochs": 250, "steps": 87_891, "wall_time": 1.0, "density": density,
                "layers": [{"name": n, "shape": list(s), "density": final[n], "active": 0, "total": 1}
                           for n, s in layers.items()],
@@ -134,7 +134,7 @@ def test_table_cells_markdown_and_csv(tmp_path):
     # The report's order: unmasked first, uniform before ERK, Static before SET before RigL.
     assert [row[0] for row in rows] == ["Dense", "Small-Dense", "Static", "RigL", "RigL (ERK)",
                                         "RigL-SG (ERK)"]
-    md, csv_path = report.write_tables(header, rows, groups, tmp_path)
+    md, csv_path, _, _ = report.write_tables(header, rows, groups, [], report.collect_runs(tmp_path), tmp_path)
     lines = md.read_text(encoding="utf-8").splitlines()
     assert lines[0].startswith("Test accuracy (%) on cifar10 wrn-22-2: mean ± sample std")
     assert "| RigL (ERK) | 92.50 ± 0.50 (0.35×, 0.35×) | 93.10 ± 0.50 (0.35×, 0.35×) |  | 3 |" in lines
@@ -157,7 +157,8 @@ def test_make_report_writes_and_prints_every_file(tmp_path):
                 figures / "flops_over_training_cifar10-wrn-22-2-d0.1.png",
                 figures / "flops_over_training_cifar10-wrn-22-2-d0.2.png"]
     assert result["figures"] == expected
-    assert result["tables"] == [tmp_path / "report.md", tmp_path / "report.csv"]
+    assert result["tables"] == [tmp_path / name for name in ("report.md", "report.csv", "comparisons.csv",
+                                                             "runs.csv")]
     printed = console.file.getvalue()
     for path in expected + result["tables"]:
         assert f"wrote {path}" in printed
@@ -327,3 +328,88 @@ def test_flops_over_training_figure_per_task_and_density(tmp_path):
     (tmp_path / "sm" / "metrics.jsonl").write_text('{"step": 1, "inference_flops_ratio": "a"}\n')
     with pytest.raises(ValueError, match="metrics.jsonl: record 1"):
         report.run_record(tmp_path / "sm")
+
+
+# --- comparisons.py -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p, df, t", [(0.975, 1, 12.706), (0.975, 2, 4.303), (0.975, 3, 3.182), (0.975, 4, 2.776),
+                                      (0.975, 10, 2.228), (0.975, 30, 2.042), (0.95, 5, 2.015)])
+def test_t_quantiles_are_the_tables(p, df, t):
+    assert comparisons.t_quantile(p, df) == pytest.approx(t, abs=1e-3)
+
+
+def test_welch_interval_difference_degrees_of_freedom_and_verdict():
+    # equal sizes and variances: df = 2 (n - 1) = 4, half-width t(0.975, 4) · sqrt(1/3 + 1/3)
+    found = comparisons.welch([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])
+    half = 2.7764 * (2 / 3) ** 0.5
+    assert found["df"] == pytest.approx(4) and found["difference"] == pytest.approx(1.0)
+    assert (found["low"], found["high"]) == (pytest.approx(1 - half, abs=1e-3), pytest.approx(1 + half, abs=1e-3))
+    assert comparisons.verdict(found, "RigL", "SET") == "within noise"
+    # unequal variances: Welch–Satterthwaite's df lies between the smaller n - 1 and n_a + n_b - 2
+    uneven = comparisons.welch([90.0, 90.2, 90.1, 90.3], [85.0, 86.0, 85.5])
+    assert 2 < uneven["df"] < 5 and uneven["low"] > 0
+    assert comparisons.verdict(uneven, "RigL", "Static") == "RigL better"
+    assert comparisons.verdict(comparisons.welch([1.0, 1.1], [5.0, 5.2]), "RigL", "SNFS") == "SNFS better"
+    assert comparisons.welch([92.0], [91.0, 91.5]) is None
+    assert comparisons.verdict(None, "RigL", "SET") == "no verdict: fewer than two seeds"
+
+
+def findings_runs(root, interval=25):
+    """Three seeds of RigL, SET and static at d = 0.05 uniform and of RigL at ERK; pruning and RigL 2×;
+    a (α, ΔT) grid at d = 0.1 (ERK), the reference ΔT = `interval`, where α = 0.5 has the best validation."""
+    for seed in range(3):
+        for method, acc in (("rigl", 60.0), ("set", 58.0), ("static", 55.0), ("pruning", 61.0)):
+            fake_run(root, f"{method}-s{seed}", method, "uniform", 0.05, seed, acc + seed / 10,
+                     update_interval=interval)
+        fake_run(root, f"rigl-erk-s{seed}", "rigl", "erk", 0.05, seed, 61.0 + seed, update_interval=interval)
+        fake_run(root, f"rigl-2x-s{seed}", "rigl", "uniform", 0.05, seed, 63.0 + seed / 10, multiplier=2.0,
+                 update_interval=interval)
+        for alpha, dt, acc, val in ((0.3, interval, 70.0, 69.0), (0.5, interval, 70.5, 71.0),
+                                    (0.3, 2 * interval, 69.9, 68.0)):
+            fake_run(root, f"grid-a{alpha}-dt{dt}-s{seed}", "rigl", "erk", 0.1, seed, acc + seed / 5,
+                     drop_fraction=alpha, update_interval=dt, val_acc=val)
+    return root
+
+
+def test_the_report_compares_rigl_with_each_method_pruning_with_longer_rigl_and_the_grid(tmp_path):
+    groups = report.aggregate(report.collect_runs(findings_runs(tmp_path)))
+    found = {(c["first"], c["second"], c["density"]): c for c in comparisons.compare(groups, reference_interval=25)}
+    assert set(found) == {
+        ("RigL ΔT=25", "SET ΔT=25", 0.05), ("RigL ΔT=25", "Static", 0.05), ("RigL ΔT=25", "Pruning ΔT=25", 0.05),
+        ("RigL 2× ΔT=25", "Pruning ΔT=25", 0.05),  # longer RigL against pruning; no 2× row of the others
+        ("RigL (ERK) α=0.5 ΔT=25", "RigL (ERK) ΔT=25 (reference)", 0.1),
+        ("RigL (ERK) ΔT=50", "RigL (ERK) ΔT=25 (reference)", 0.1)}  # RigL (ERK) at 0.05 has no ERK rival
+    static = found[("RigL ΔT=25", "Static", 0.05)]
+    assert (static["kind"], static["difference"], static["verdict"]) == ("methods", pytest.approx(5.0), "RigL ΔT=25 better")
+    # seeds 0.1 apart on both sides: df = 4, half-width t(0.975, 4) · sqrt(2 · 0.01 / 3)
+    assert (static["low"], static["high"]) == (pytest.approx(4.7733, abs=1e-3), pytest.approx(5.2267, abs=1e-3))
+    assert found[("RigL 2× ΔT=25", "Pruning ΔT=25", 0.05)]["kind"] == "longer"
+    grid = found[("RigL (ERK) α=0.5 ΔT=25", "RigL (ERK) ΔT=25 (reference)", 0.1)]
+    assert grid["best"] and grid["difference"] == pytest.approx(0.5)
+    assert not found[("RigL (ERK) ΔT=50", "RigL (ERK) ΔT=25 (reference)", 0.1)]["best"]
+    # read with the paper's ΔT = 100 as the reference, no run is at it: nothing to compare but static's
+    # and pruning's rows, which have no RigL at the reference either
+    assert comparisons.compare(groups) == []
+
+
+def test_report_writes_the_comparisons_and_one_csv_row_per_run(tmp_path):
+    console = Console(file=io.StringIO(), width=400)
+    result = report.make_report(findings_runs(tmp_path), console, reference_interval=25)
+    printed = console.file.getvalue()
+    assert re.search(r"RigL 2× ΔT=25 +│ Pruning ΔT=25 ", printed) and "95% interval (Welch)" in printed
+    markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| RigL ΔT=25 | Static | 0.05 | 60.10 (3) | 55.10 (3) | +5.00 [+4.77, +5.23] | RigL ΔT=25 better |" \
+        in markdown
+    assert "| RigL (ERK) α=0.5 ΔT=25, best by validation | RigL (ERK) ΔT=25 (reference) | 0.1 |" in markdown
+    with open(tmp_path / "comparisons.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(result["comparisons"]) == 6
+    with open(tmp_path / "runs.csv", newline="", encoding="utf-8") as f:
+        per_run = list(csv.DictReader(f))
+    assert len(per_run) == result["runs"] == 3 * 9
+    assert set(report.RUN_COLUMNS) >= {"method", "distribution", "density", "multiplier", "seed", "dataset",
+                                       "model", "steps", "test_acc", "val_acc"}
+    row = next(r for r in per_run if r["path"] == "grid-a0.5-dt25-s2")
+    assert (row["method"], row["distribution"], row["seed"], row["steps"]) == ("rigl", "erk", "2", "87891")
+    assert (float(row["test_acc"]), float(row["val_acc"]), float(row["drop_fraction"])) == (70.9, 71.0, 0.5)

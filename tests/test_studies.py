@@ -76,6 +76,36 @@ def test_a_root_holds_one_scale(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reproduce.json"]  # nothing ran
 
 
+def test_the_laptop_scale_trains_on_the_real_data_and_refuses_to_start_without_it(tmp_path, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(run("reproduce", "findings", str(tmp_path / "root"), "--scale", "laptop", "--data-dir", str(empty)),
+                   f"cifar10 is not in {empty}/cifar-10-batches-py (no data_batch_1): give --data-dir")
+    monkeypatch.setenv("RIGL_DATA_DIR", str(empty))  # the tests' folder, when no --data-dir is given
+    message = one_line_error(run("reproduce", "table3", str(tmp_path / "root"), "--scale", "laptop"),
+                             f"cifar100 is not in {empty}/cifar-100-python")
+    assert f"data: {empty} (from RIGL_DATA_DIR)" in message
+    assert not (tmp_path / "root").exists()  # refused before anything ran
+    commands = studies.commands(STUDIES["findings"], SCALES["laptop"], "R")
+    assert all("synthetic" not in c and option_values(c).get("--model") == "wrn-10-1" for c in commands[:-1])
+    assert commands[-1] == ["report", "R/findings", "--reference-interval", "25"]
+
+
+def test_the_findings_study_runs_three_seeds_of_every_compared_row_at_laptop_scale():
+    rows = {}
+    for step in STUDIES["findings"].steps:
+        if isinstance(step, studies.Sweep):
+            for cell in sweep.cells(step.grid(SCALES["laptop"])):
+                key = tuple(cell[k] for k in ("method", "distribution", "density", "multiplier", "drop_fraction",
+                                              "update_interval"))
+                rows.setdefault(key, []).append(cell["seed"])
+    assert all(seeds == [0, 1, 2] for seeds in rows.values())
+    assert {m for m, d, *_ in rows if d == "uniform"} == {"static", "set", "snfs", "rigl", "pruning"}
+    assert ("rigl", "uniform", 0.05, 2.0, 0.3, 25) in rows  # RigL 2× against pruning at its final density
+    grid = {(a, dt) for m, dist, d, x, a, dt in rows if d == 0.1}
+    assert grid == {(0.3, 25), (0.3, 50), (0.5, 25), (0.5, 50)}  # around the reference point (0.3, ΔT = 25)
+
+
 @pytest.mark.parametrize("study, option, kind", [("table5", ["--densities-from", "x"], "restart"),
                                                  ("table1", ["--seed", "3"], "sweep"),
                                                  ("table4", ["--drop-fraction", "0.5"], "tune")])
@@ -112,7 +142,8 @@ def test_each_study_runs_end_to_end_at_its_smallest_size(name, root, monkeypatch
         assert list(root.glob(pattern)), (name, pattern)
     expected = {"table1": "RigL (ERK)", "table2": "Small-Dense", "table3": "RigL 3×", "lr": "RigL (ERK)",
                 "table5": ("from RigL-SM's masks", "at RigL-SM's densities"), "density-evolution": "RigL-SM", "table4": "RigL",
-                "fixed-flops": "at uniform's FLOPs", "rigl-struct": "RigL-struct (ER)"}[name]
+                "fixed-flops": "at uniform's FLOPs", "rigl-struct": "RigL-struct (ER)",
+                "findings": ("RigL 2× ΔT=1", "| Pruning ΔT=1 | 0.05 |", "no verdict: fewer than two seeds")}[name]
     tables = [p for pattern in STUDIES[name].outputs if pattern.endswith(".md") for p in root.glob(pattern)]
     expected = (expected,) if isinstance(expected, str) else expected
     assert all(e in p.read_text(encoding="utf-8") for p in tables for e in expected), name

@@ -411,3 +411,11 @@ def test_train_config_names_the_field_it_refuses():
                          (dict(lr_milestones=(0.5, 1.0)), "lr_milestones must be fractions in (0, 1)")]:
         with pytest.raises(ValueError, match=re.escape(message)):
             TrainConfig(**bad)
+
+
+def test_the_default_workers_fit_the_machine(monkeypatch):
+    assert TrainConfig().workers == train.default_workers()
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert train.default_workers() == 2  # not 8 DataLoader processes on two cores
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert train.default_workers() == 8

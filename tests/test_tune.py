@@ -1,6 +1,7 @@
 """`python rigl.py tune` (rigl_harness/tune.py): exactly N trials, resumed, shared by workers, refusals."""
 
 import contextlib
+import csv
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import postgres
+from rigl_harness import comparisons
 from helpers import REPO, cli, read_jsonl, run, wait_for_first_epoch
 
 optuna = pytest.importorskip("optuna")
@@ -73,7 +75,22 @@ def test_the_objective_is_the_mean_final_validation_accuracy_of_the_runs(study):
 def test_table_4_and_its_figures_are_written(study):
     root, printed = study
     table = (root / "tune.md").read_text()
-    assert "| RigL | uniform | 0.2 | 3 |" in table and "reference val" in table
+    assert "| RigL | uniform | 0.2 | 3 | 2 |" in table and "reference val" in table
+    with open(root / "tune.csv", newline="") as f:
+        [row] = list(csv.DictReader(f))
+    def tests(trial):
+        return [json.loads((root / name / "summary.json").read_text())["final_test_acc"]
+                for name in trial.user_attrs["runs"]]
+    reference = tests(load(root)[0])
+    interval = comparisons.welch(tests(load(root)[int(row["best_trial"])]), reference) \
+        if row["best_trial"] != "0" else None
+    assert row["seeds"] == "2" and float(row["difference"]) == pytest.approx(
+        float(row["best_test_mean"]) - statistics.fmean(reference))
+    if interval:  # the best trial against the reference: the interval and verdict of comparisons.py
+        assert float(row["low"]) == pytest.approx(interval["low"])
+        assert row["verdict"] == comparisons.verdict(interval, "best", "reference")
+    else:
+        assert row["verdict"] == "the reference is the best trial"
     rows = (root / "tune.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[0].startswith("method,distribution,density,trials,reference_val_mean")
     best = max(load(root), key=lambda t: (t.value, -t.number))
@@ -267,3 +284,10 @@ def test_each_trial_is_sampled_afresh_so_a_restart_does_not_repeat_points(tmp_pa
         study.tell(trial, 50.0)
     assert points[0] == (0.3, 100) and len(set(points)) == 6
     assert tune.next_trial(study, tmp_path, settings, Console(file=open(os.devnull, "w"))) == "finished"
+
+
+def test_one_seed_shows_no_spread_in_table_4():
+    from rigl_harness import tune_report
+    assert tune_report.pm({"best_val_mean": 61.25, "best_val_std": 0.0, "best_val_values": [61.25]}, "best_val") == "61.25"
+    assert tune_report.pm({"best_val_mean": 61.0, "best_val_std": 0.5, "best_val_values": [60.5, 61.5]},
+                          "best_val") == "61.00 ± 0.50"
