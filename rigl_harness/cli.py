@@ -340,18 +340,28 @@ def reproduce_command(
         help="full: the report's runs; laptop: real CIFAR, 4 min a run on a CPU core; cpu: synthetic data, "
              "minutes; smoke: the tests' size.")] = "full",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands; run nothing.")] = False,
+    methods: Annotated[Optional[str], typer.Option(
+        help="Only these methods of the study (comma-separated): a part of it, into the same ROOT.")] = None,
+    densities: Annotated[Optional[str], typer.Option(
+        help="Only these densities of the study (comma-separated).")] = None,
+    seeds: Annotated[Optional[str], typer.Option(
+        help="Only these of the scale's seeds (comma-separated).")] = None,
 ) -> None:
     """Run the sweep, tune, train and report commands of one of the report's tables or figures into
     ROOT, one after another; finished runs are skipped, so the same command continues a stopped
-    study. Other `train` options (--data-dir, --device, ...) go to every run."""
+    study, and parts of a study (--methods, --densities, --seeds) run into one ROOT add up to it.
+    Other `train` options (--data-dir, --device, ...) go to every run."""
     console = terminal.make_console()
     with terminal.user_errors(console, lambda: "interrupted: rerun the same reproduce command to continue"):
         chosen = studies.STUDIES[study]
         check_passed_on(ctx, chosen)
-        extra = tuple(ctx.args)
+        extra, part = tuple(ctx.args), study_part(methods, densities, seeds)
+        if all(command[0] == "report" for command in studies.commands(chosen, studies.SCALES[scale], root, (), part)):
+            raise runs.UsageError(f"the chosen part holds none of {study}'s runs at the {scale} scale: "
+                                  f"see its plan with --dry-run")
         if not dry_run and "--dataset" not in studies.SCALES[scale].options:
             extra = check_real_data(ctx, chosen, console)
-        found = studies.commands(chosen, studies.SCALES[scale], root, extra)
+        found = studies.commands(chosen, studies.SCALES[scale], root, extra, part)
         console.print(f"{study}: {chosen.item}; at full length {len(studies.full_runs(chosen))} runs, about "
                       f"{studies.gpu_hours(chosen):g} GPU-hours (docs/report-map.md)",
                       highlight=False, soft_wrap=True)
@@ -364,6 +374,36 @@ def reproduce_command(
                           highlight=False, soft_wrap=True)
             if step and not dry_run:
                 run_command(step)
+        print_progress(chosen, studies.SCALES[scale], root, part, console)
+
+
+def study_part(methods: str | None, densities: str | None, seeds: str | None) -> studies.Part:
+    """The part of a study the options choose; none given: the whole study."""
+    chosen = []
+    for value, kind, option in ((methods, str, "--methods"), (densities, float, "--densities"), (seeds, int, "--seeds")):
+        try:
+            values = comma_separated(value, kind)
+        except ValueError:
+            raise runs.UsageError(f"{option} takes comma-separated {kind.__name__} values, got {value!r}") from None
+        if values == ():
+            raise runs.UsageError(f"{option} names no value: leave it out for the whole study")
+        chosen.append(values)
+    return studies.Part(*chosen)
+
+
+def print_progress(study: studies.Study, scale: studies.Scale, root: str, part: studies.Part, console) -> None:
+    """How many of the study's sweep and restart runs (and of the part's) have finished under ROOT:
+    what is done and what is missing, counted from the run directories (summary.json)."""
+    def finished(dirs: list[str]) -> str:
+        done = sum(Path(d, "summary.json").is_file() for d in dirs)
+        return f"{done} of {len(dirs)}"
+    whole = studies.run_dirs(study, scale, root)
+    if not whole:
+        return
+    line = f"finished under {root}: {finished(whole)} runs of the study"
+    if part != studies.WHOLE:
+        line += f" ({finished(studies.run_dirs(study, scale, root, part))} of this part)"
+    console.print(line, highlight=False, soft_wrap=True)
 
 
 DATA_DIR_VARIABLE = "RIGL_DATA_DIR"
@@ -457,13 +497,18 @@ def report_command(
     reference_interval: Annotated[int, typer.Option(
         min=1, help="ΔT of the reference point that other (α, ΔT) are compared with (α = 0.3).")]
         = SparsityConfig.update_interval,
+    published_dataset: Annotated[Optional[str], typer.Option(
+        help="Hold runs on synthetic data against the report's numbers for this dataset (cifar10, cifar100): "
+             "a study's smaller sizes train on synthetic data in its place.")] = None,
 ) -> None:
     """Table 2 (mean ± std over seeds, with FLOPs), the comparisons behind the report's findings
     (differences with 95% Welch intervals and verdicts) and figures from every finished run under
     ROOT: printed, and saved as ROOT/report.md, report.csv, comparisons.csv, runs.csv and figures/*.png."""
     console = terminal.make_console()
     with terminal.user_errors(console):
-        report.make_report(root, console, reference_interval)
+        if published_dataset not in (None, "cifar10", "cifar100"):
+            raise runs.UsageError(f"--published-dataset must be cifar10 or cifar100, got {published_dataset!r}")
+        report.make_report(root, console, reference_interval, published_dataset)
 
 
 @app.command("bench")

@@ -53,12 +53,21 @@ def welch(a: list[float], b: list[float], confidence: float = CONFIDENCE) -> dic
     freedom); None when either side has fewer than two values, which gives no spread to test."""
     if len(a) < 2 or len(b) < 2:
         return None
-    difference = statistics.fmean(a) - statistics.fmean(b)
-    shares = [statistics.variance(a) / len(a), statistics.variance(b) / len(b)]
+    return welch_from_moments((statistics.fmean(a), statistics.stdev(a), len(a)),
+                              (statistics.fmean(b), statistics.stdev(b), len(b)), confidence)
+
+
+def welch_from_moments(a: tuple[float, float, int], b: tuple[float, float, int],
+                       confidence: float = CONFIDENCE) -> dict:
+    """Welch's interval from each side's (mean, sample std, seeds), n >= 2 each: how a published
+    "mean ± std over 3 seeds" is held against ours."""
+    (mean_a, std_a, n_a), (mean_b, std_b, n_b) = a, b
+    difference = mean_a - mean_b
+    shares = [std_a ** 2 / n_a, std_b ** 2 / n_b]
     error = math.sqrt(sum(shares))
     if error == 0:  # every seed of both rows gave the same accuracy
-        return {"difference": difference, "low": difference, "high": difference, "df": len(a) + len(b) - 2}
-    df = sum(shares) ** 2 / (shares[0] ** 2 / (len(a) - 1) + shares[1] ** 2 / (len(b) - 1))
+        return {"difference": difference, "low": difference, "high": difference, "df": n_a + n_b - 2}
+    df = sum(shares) ** 2 / (shares[0] ** 2 / (n_a - 1) + shares[1] ** 2 / (n_b - 1))
     half = t_quantile((1 + confidence) / 2, df) * error
     return {"difference": difference, "low": difference - half, "high": difference + half, "df": df}
 

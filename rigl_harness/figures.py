@@ -117,26 +117,80 @@ def plot_accuracy_vs_density(groups: list[dict], path) -> Path | None:
     return save(figure, path)
 
 
-def plot_accuracy_vs_lr(groups: list[dict], path) -> Path | None:
-    """The report's learning-rate study: test accuracy against lr (log axis), one line with a ±std
-    band per (method, distribution, density, α, ΔT). None unless some setting has several lrs."""
-    series: dict[str, list[dict]] = {}
-    groups = [g for g in groups if g["lr"] is not None]  # a configuration that does not record it
-    for group in sorted(groups, key=lambda g: (row_order(tuple(g[k] for k in ROW_KEYS)), g["lr"])):
-        label = (f"{method_name(group['method'])}{DISTRIBUTION_SUFFIX.get(group['distribution'], '')} "
-                 f"d={group['density']:g} α={group['drop_fraction']:g} ΔT={group['update_interval']}"
-                 + (f" {group['origin']}" if group.get("origin") else ""))
-        series.setdefault(label, []).append(group)
-    if not any(len({g["lr"] for g in members}) > 1 for members in series.values()):
+DENSITY_PANELS = (("Random (uniform), 1×", lambda g: g["distribution"] == "uniform" and g["multiplier"] == 1,
+                   lambda g: False),
+                  ("ERK, 1×", lambda g: g["distribution"] == "erk" and g["multiplier"] == 1, lambda g: False),
+                  ("trained longer (with pruning and RigL (ERK) at 1×)", lambda g: g["multiplier"] != 1,
+                   lambda g: g["multiplier"] == 1 and (g["method"] == "pruning"
+                                                       or (g["method"] == "rigl" and g["distribution"] == "erk"))))
+"""The report's Figure 1 (and 2): test accuracy against density in three panels, each with its own
+rows and the rows it shows beside them."""
+
+
+def plot_accuracy_vs_density_panels(groups: list[dict], path) -> Path | None:
+    """Figure 1's three panels (Random, ERK, trained longer), each row a line with a ±std band over
+    the densities, dense dashed in each, and the report's published mean of a row (where it has
+    one) as a hollow marker. None unless two panels have a row at several densities."""
+    sparse = [g for g in groups if g["method"] not in ("dense", "small-dense") and not g.get("origin")]
+    panels = [(title, [g for g in sparse if own(g) or beside(g)]) for title, own, beside in DENSITY_PANELS]
+    owned = [[g for g in sparse if own(g)] for _, own, _ in DENSITY_PANELS]
+    if sum(any(len(m) > 1 for m in series_by_label(members).values()) for members in owned) < 2:
         return None
-    figure, ax = new_axes()
-    for i, (label, members) in enumerate(series.items()):
-        plot_mean_and_band(ax, "lr", members, label, series_style(i))
-    log_axis_at(ax, sorted({g["lr"] for g in groups}))
-    ax.set(xlabel="learning rate (log scale)", ylabel="test accuracy (%)",
-           title="Test accuracy against learning rate (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    legend_outside(ax)
+    styles = label_styles(groups)
+    figure, _ = new_axes(16, 4.8)
+    figure.clear()
+    axes = figure.subplots(1, 3, sharey=True)
+    for ax, (title, members) in zip(axes, panels):
+        for label, series in series_by_label(members).items():
+            plot_mean_and_band(ax, "density", series, label, styles[label])
+            published = [(g["density"], g["published_mean"]) for g in series
+                         if g.get("published_mean") is not None and g["full_length"]]  # the same budget only
+            if published:
+                ax.plot(*zip(*published), linestyle="none", marker="o", markersize=7, markerfacecolor="none",
+                        color=styles[label]["color"])
+        plot_dense_reference(groups, ax)
+        log_axis_at(ax, sorted({g["density"] for g in sparse}))
+        ax.set(title=title, xlabel="density d (log scale)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel("test accuracy (%), mean ± std over seeds")
+    figure.suptitle("Test accuracy against density (full-length rows: the report's published mean as a hollow circle)",
+                    fontsize=10)
+    return save(figure, path)
+
+
+def plot_accuracy_vs_lr(groups: list[dict], path) -> Path | None:
+    """The report's learning-rate figure (Figure 3): a panel per (distribution, density), test
+    accuracy against lr (log axis) in each, one line with a ±std band per (method, α, ΔT). None
+    unless some setting has several lrs."""
+    groups = [g for g in groups if g["lr"] is not None]  # a configuration that does not record it
+    panels: dict[tuple, dict[str, list[dict]]] = {}
+    for group in sorted(groups, key=lambda g: (row_order(tuple(g[k] for k in ROW_KEYS)), g["lr"])):
+        label = (f"{method_name(group['method'])} α={group['drop_fraction']:g} ΔT={group['update_interval']}"
+                 + (f" {group['origin']}" if group.get("origin") else ""))
+        panel = panels.setdefault((group["distribution"], group["density"]), {})
+        panel.setdefault(label, []).append(group)
+    if not any(len({g["lr"] for g in members}) > 1 for panel in panels.values() for members in panel.values()):
+        return None
+    distributions = sorted({d for d, _ in panels}, key=lambda d: list(DISTRIBUTION_SUFFIX).index(d)
+                           if d in DISTRIBUTION_SUFFIX else 99)
+    densities = sorted({d for _, d in panels})
+    figure, _ = new_axes(4.2 * len(densities) + 2, 3.4 * len(distributions))
+    figure.clear()
+    axes = figure.subplots(len(distributions), len(densities), squeeze=False, sharey=True)
+    labels = sorted({label for panel in panels.values() for label in panel})
+    for (distribution, density), panel in panels.items():
+        ax = axes[distributions.index(distribution)][densities.index(density)]
+        for label, members in panel.items():
+            plot_mean_and_band(ax, "lr", members, label, series_style(labels.index(label)))
+        log_axis_at(ax, sorted({g["lr"] for g in groups}))
+        name = "Random" if distribution == "uniform" else distribution.upper()
+        ax.set(title=f"{name}, d = {density:g}", xlabel="learning rate (log scale)")
+        ax.grid(alpha=0.3)
+    for row in axes:
+        row[0].set_ylabel("test accuracy (%)")
+    legend_outside(axes[0][-1])
+    figure.suptitle("Test accuracy against learning rate (mean ± std over seeds)", fontsize=10)
     return save(figure, path)
 
 
@@ -351,6 +405,7 @@ def group_slug(group: dict) -> str:
 def report_figures(runs: list[dict], groups: list[dict], folder: Path) -> list[Path]:
     """Every figure of the report that the runs can fill; the paths written."""
     written = [plot_accuracy_vs_density(groups, folder / "accuracy_vs_density.png"),
+               plot_accuracy_vs_density_panels(groups, folder / "accuracy_vs_density_panels.png"),
                plot_accuracy_vs_flops(groups, folder / "accuracy_vs_flops.png"),
                plot_accuracy_vs_lr(groups, folder / "accuracy_vs_lr.png"),
                plot_distributions_at_equal_flops(groups, folder / "distributions_at_equal_flops.png")]

@@ -27,10 +27,11 @@ from rich.table import Table
 from flops import NO_DISTRIBUTION
 from rigl import CHANGES_EVERY_INTERVAL, DROP_AND_GROW, UNMASKED, SparsityConfig
 from rigl_harness.comparisons import CONFIDENCE, compare, format_interval
+from rigl_harness import published
 from rigl_harness.figures import report_figures
 from rigl_harness.labels import GROUP_KEYS, ROW_KEYS, format_ratio, group_label, method_name, row_order, several_tasks
 from rigl_harness.runs import may_differ, read_config, read_json, write_text
-from train import TrainConfig, resolve_recipe
+from train import RECIPES, TrainConfig, resolve_recipe
 
 
 def find_run_dirs(root) -> tuple[list[Path], list[Path]]:
@@ -91,7 +92,8 @@ def run_settings(path, train: dict, sparse: dict, derived: dict | None = None) -
               "density": 1.0 if method == "dense" else matched_density(derived) or sparse["density"],
               "origin": origin_of({"derived_from": derived, "layer_densities": sparse.get("layer_densities")}, method),
               "multiplier": train["multiplier"], "seed": train["seed"],
-              "drop_fraction": alpha, "update_interval": interval, "lr": train.get("lr"), "variant": variant}
+              "drop_fraction": alpha, "update_interval": interval, "lr": train.get("lr"), "variant": variant,
+              "val_size": train.get("val_size"), "full_length": full_length(train)}
     # --densities-from's layer densities come from each seed's own source run; set by hand, they must agree
     per_seed = ("layer_densities",) if (derived or {}).get("densities_from") else ()
     settings = {f"{name}.{key}": value for name, section in (("train", train), ("sparsity", sparse))
@@ -100,6 +102,15 @@ def run_settings(path, train: dict, sparse: dict, derived: dict | None = None) -
     settings.update({f"sparsity.{key}": record[key] for key in ("distribution", "density", "drop_fraction",
                                                                "update_interval")})
     return {**record, "settings": settings}
+
+
+def full_length(train: dict) -> bool:
+    """A run of its dataset's recipe at full length: the recipe's network, epochs and batch on every
+    training and test image; only such runs are held against the report's numbers."""
+    recipe = RECIPES.get(train["dataset"], {})
+    return (train.get("model") == recipe.get("model") and train.get("epochs") == recipe.get("epochs")
+            and train.get("batch_size") == recipe.get("batch_size") and not train.get("train_subset")
+            and not train.get("test_subset"))
 
 
 def matched_density(derived: dict | None) -> float | None:
@@ -179,6 +190,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
         check_poolable(members)
         accs = [r["test_acc"] for r in members]
         groups.append({**dict(zip(GROUP_KEYS, key)), "variant": members[0]["variant"], "n": len(members),
+                       "val_size": members[0]["val_size"], "full_length": members[0]["full_length"],
                        "accs": accs, "test_mean": statistics.fmean(accs),
                        "val_mean": mean_or_none([r["val_acc"] for r in members]),
                        # Sample std (ddof = 1), as the report's "±"; a single seed has no spread.
@@ -247,7 +259,8 @@ def table_rows(groups: list[dict], cell=format_cell) -> tuple[list[str], list[li
 
 CSV_COLUMNS = ("dataset", "model", "method", "distribution", "multiplier", "drop_fraction",
                "update_interval", "lr", "origin", "density", "n", "test_mean", "test_std", "train_flops_ratio",
-               "inference_flops_ratio", "explored")
+               "inference_flops_ratio", "explored", "full_length", "published_item", "published_mean", "published_std",
+               "paper_mean", "difference", "low", "high", "verdict", "published_note")
 
 
 def table_caption(groups: list[dict]) -> str:
@@ -273,6 +286,31 @@ RUN_COLUMNS = ("method", "distribution", "density", "multiplier", "seed", "datas
                "test_acc", "val_acc", "drop_fraction", "update_interval", "lr", "origin", "train_flops_ratio",
                "inference_flops_ratio", "explored", "path")
 """runs.csv: one row per finished run, its path relative to ROOT."""
+
+PUBLISHED_CAPTION = ("Ours beside the report's published value of the same row (rigl_harness/published.csv: "
+                     "the report's Table 1 for CIFAR-10 on all 50,000 images, else its Table 2 or 3, then Table 5 "
+                     "and Figure 4), and on Table 1 the paper's value. At full length: ours minus the report's "
+                     "with a 95% Welch interval (the report's std over 3 seeds).")
+SHORTER_CAPTION = ("These runs are shorter or smaller than the report's (not its recipe at full length, or on synthetic "
+                   "data in its dataset's place): its numbers "
+                   "are of another budget, shown for orientation only, and no difference is drawn.")
+
+
+def published_table(groups: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """One row per group that the report publishes: ours, the report's (item), the paper's on
+    Table 1, and at full length the difference with its interval and verdict."""
+    header = ["row", "d", "ours: mean ± std (seeds)", "report (item)", "paper", "ours − report [95% CI]", "verdict"]
+    rows = []
+    for g in sorted((g for g in groups if g.get("published_item")), key=lambda g: (row_order(tuple(
+            g[k] for k in ROW_KEYS)), g["density"])):
+        theirs = f"{g['published_mean']:g}" + (f" ± {g['published_std']:g}" if g["published_std"] is not None else "")
+        spread = f" ± {g['test_std']:.2f}" if g["n"] > 1 else ""
+        difference = "" if g.get("difference") is None else format_interval(g)
+        rows.append([group_label(g), f"{g['density']:g}", f"{g['test_mean']:.2f}{spread} ({g['n']})",
+                     f"{theirs} ({g['published_item']})", "" if g.get("paper_mean") is None else f"{g['paper_mean']:g}",
+                     difference, g.get("verdict") or ("other budget" if not g["full_length"] else "no interval")])
+    return header, rows
+
 
 COMPARISON_CAPTION = (f"Comparisons of last-epoch test accuracy (%): A's mean minus B's over seeds, with its "
                       f"{CONFIDENCE:.0%} confidence interval (Welch's t, unequal variances). The verdict names "
@@ -306,6 +344,10 @@ def write_tables(header: list[str], rows: list[list[str]], groups: list[dict], c
     root = Path(root)
     lines = [table_caption(groups), "", *markdown_table(header, rows), "", EXPLORED_CAPTION, "",
              *markdown_table(*table_rows(groups, format_explored))]
+    beside = published_table(groups)
+    if beside[1]:
+        shorter = [] if all(g["full_length"] for g in groups) else [SHORTER_CAPTION]
+        lines += ["", PUBLISHED_CAPTION, *shorter, "", *markdown_table(*beside)]
     if comparisons:
         lines += ["", COMPARISON_CAPTION, "", *markdown_table(*comparison_table(comparisons))]
     paths = [root / name for name in ("report.md", "report.csv", "comparisons.csv", "runs.csv")]
@@ -360,18 +402,28 @@ def read_flops_history(run_path) -> list[tuple[int, float]]:
     return points
 
 
-def make_report(root, console, reference_interval: int = SparsityConfig.update_interval) -> dict:
+def make_report(root, console, reference_interval: int = SparsityConfig.update_interval,
+                published_dataset: str | None = None) -> dict:
     """Table 2 (printed, ROOT/report.md, ROOT/report.csv), the comparisons (printed, in report.md and
     ROOT/comparisons.csv), ROOT/runs.csv and figures (ROOT/figures/) from every finished run under
-    ROOT; grid points of α and ΔT are compared with α = 0.3 and `reference_interval`. Raises
+    ROOT; grid points of α and ΔT are compared with α = 0.3 and `reference_interval`; runs on
+    synthetic data are held against the published numbers of `published_dataset`. Raises
     ValueError when there is no finished run."""
     finished, unfinished = find_run_dirs(root)
     if not finished:
         raise ValueError(f"no finished runs (summary.json) under {root}")
     runs = collect_runs(root)
     groups = aggregate(runs)
+    cells = published.read()
+    for group in groups:
+        stand_in = published_dataset if group["dataset"] == "synthetic" and published_dataset else group["dataset"]
+        group.update(published.held_against({**group, "dataset": stand_in}, cells))
     header, rows = table_rows(groups)
     print_table(header, rows, console)
+    beside = published_table(groups)
+    if beside[1]:
+        print_table(*beside, console, title="Ours beside the report's published value" + (
+            "" if all(g["full_length"] for g in groups) else " (another budget: the report's runs are full length)"))
     if any(g["explored"] is not None for g in groups):
         print_table(*table_rows(groups, format_explored), console,
                     title="Explored: fraction of the masked weights ever active (mean over seeds)")

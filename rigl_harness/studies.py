@@ -17,10 +17,9 @@ from rigl_harness.runs import run_name
 from rigl_harness.sweep import AXES, cells, parse_grid, varied_fields
 from train import TrainConfig
 
-RUN_HOURS = {"cifar10": 2.0, "cifar100": 16.0}
-"""GPU-hours of one 250-epoch run at 1×: the report's GTX 1080 time for CIFAR-10 WRN-22-2 (about
-2 h), and for CIFAR-100 ResNet-50 that time × its forward FLOPs over WRN-22-2's (2.59e9 / 3.15e8,
-about 8): an estimate, not a measurement."""
+RUN_HOURS = {"cifar10": 2.0, "cifar100": 6.0}
+"""GPU-hours of one 250-epoch run at 1×: the report's GTX 1080 times, "2 hours and 6 hours
+respectively per training run" for CIFAR-10 WRN-22-2 and CIFAR-100 ResNet-50 (its summary)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +59,28 @@ test images, the first density and two learning rates of each grid: every comman
 with all its options, at the least cost (what the tests run)."""
 
 
+@dataclass(frozen=True)
+class Part:
+    """A chosen part of a study (`reproduce --methods --densities --seeds`): only its runs are trained,
+    into the same ROOT and under the same names as the whole study's, so that parts add up to it."""
+
+    methods: tuple[str, ...] | None = None
+    densities: tuple[float, ...] | None = None
+    seeds: tuple[int, ...] | None = None
+    """None: every method, density or seed of the study."""
+
+    def keeps(self, field: str, value: str) -> bool:
+        chosen = getattr(self, field)
+        return chosen is None or type(chosen[0])(value) in chosen
+
+    def seeds_of(self, scale: Scale) -> tuple[int, ...]:
+        return tuple(s for s in scale.seeds if self.keeps("seeds", str(s)))
+
+
+WHOLE = Part()
+"""Every run of a study."""
+
+
 Options = tuple[tuple[str, str], ...]
 """A step's options in the order its command prints them: (field, value), e.g. ("densities", "0.1,0.2")."""
 
@@ -69,8 +90,8 @@ def flags(options: Options) -> tuple[str, ...]:
     return tuple(part for field, value in options for part in (f"--{field.replace('_', '-')}", value))
 
 
-def seeds_of(scale: Scale) -> str:
-    return ",".join(map(str, scale.seeds))
+def seeds_of(scale: Scale, part: Part = WHOLE) -> str:
+    return ",".join(map(str, part.seeds_of(scale)))
 
 
 def own_options(scale: Scale, given: tuple[str, ...]) -> tuple[str, ...]:
@@ -93,26 +114,29 @@ class Sweep:
     options: Options
     """The grid's axes (sweep.AXES: methods, densities, ...) and other `train` options of every cell."""
 
-    def at(self, scale: Scale) -> Options:
+    def at(self, scale: Scale, part: Part = WHOLE) -> Options:
         """The options at `scale`: at most scale.values of an axis's values, and the study's own ΔT
         values in proportion to the scale's runs, ΔT · scale ΔT / 100 (at least 1), so that the
-        learning-rate figure's four (α, ΔT) pairs still differ in a 24-step run."""
+        learning-rate figure's four (α, ΔT) pairs still differ in a 24-step run; of `part`'s
+        methods and densities only (an axis left empty: the step trains nothing)."""
         limits, found = scale.values or {}, []
         for field, value in self.options:
             if field in limits:
                 value = ",".join(value.split(",")[:limits[field]])
+            if field in ("methods", "densities"):
+                value = ",".join(v for v in value.split(",") if part.keeps(field, v))
             if field == "update_intervals" and scale.update_interval is not None:
                 ratio = scale.update_interval / SparsityConfig.update_interval
                 value = ",".join(str(max(1, round(int(v) * ratio))) for v in value.split(","))
             found.append((field, value))
         return tuple(found)
 
-    def grid(self, scale: Scale) -> dict[str, list]:
+    def grid(self, scale: Scale, part: Part = WHOLE) -> dict[str, list]:
         """The typed grid the command trains at `scale`: every axis, its configuration field's
-        default where the step sets none, the scale's seeds and ΔT."""
+        default where the step sets none, the scale's seeds and ΔT; of `part` only."""
         values = {axis: default_of(field) for axis, (field, _) in AXES.items()}
-        values.update({field: value for field, value in self.at(scale) if field in AXES})
-        values["seeds"] = seeds_of(scale)
+        values.update({field: value for field, value in self.at(scale, part) if field in AXES})
+        values["seeds"] = seeds_of(scale, part)
         if scale.update_interval is not None and "update_intervals" not in dict(self.options):
             values["update_intervals"] = str(scale.update_interval)
         return parse_grid(values)
@@ -128,14 +152,20 @@ class Sweep:
         [chosen] = [c for c in found if all(c[k] == v for k, v in cell.items())]
         return f"{root}/{self.folder}/{run_name(chosen, varied_fields(grid, found))}"
 
-    def commands(self, scale: Scale, root: str) -> list[list[str]]:
-        step = ("sweep", f"{root}/{self.folder}", *flags(self.at(scale)), "--seeds", seeds_of(scale))
+    def commands(self, scale: Scale, root: str, part: Part = WHOLE) -> list[list[str]]:
+        options = self.at(scale, part)
+        if not seeds_of(scale, part) or any(field in ("methods", "densities") and not value for field, value in options):
+            return []  # the part holds none of this step's runs
+        step = ("sweep", f"{root}/{self.folder}", *flags(options), "--seeds", seeds_of(scale, part))
         if scale.update_interval is not None and "update_intervals" not in dict(self.options):
             step += ("--update-intervals", str(scale.update_interval))
         return [list(step + own_options(scale, step))]
 
-    def full_runs(self) -> list[tuple[str, float]]:
-        return [(self.dataset(), cell["multiplier"]) for cell in cells(self.grid(SCALES["full"]))]
+    def full_runs(self) -> list[tuple[str, float, str]]:
+        grid = self.grid(SCALES["full"])
+        found = cells(grid)
+        return [(self.dataset(), cell["multiplier"], f"{self.folder}/{run_name(cell, varied_fields(grid, found))}")
+                for cell in found]
 
 
 @dataclass(frozen=True)
@@ -146,7 +176,12 @@ class Tune:
     options: Options
     """The search's `train` options: --distribution, --density."""
 
-    def commands(self, scale: Scale, root: str) -> list[list[str]]:
+    def commands(self, scale: Scale, root: str, part: Part = WHOLE) -> list[list[str]]:
+        if part.seeds is not None:
+            raise ValueError("--seeds: a tune study's objective is the mean over all its seeds, so its trials "
+                             "cannot be split by seed; choose its densities instead")
+        if not (part.keeps("methods", "rigl") and part.keeps("densities", dict(self.options)["density"])):
+            return []
         step = ("tune", f"{root}/{self.folder}", *flags(self.options), "--seeds", seeds_of(scale))
         if scale.update_interval is not None:  # ΔT searched from the scale's up to the paper's, which tune compares with
             low = scale.update_interval
@@ -154,9 +189,9 @@ class Tune:
         step += ("--trials", str(scale.trials))
         return [list(step + own_options(scale, step))]
 
-    def full_runs(self) -> list[tuple[str, float]]:
-        full = SCALES["full"]
-        return [(dict(self.options).get("dataset", TrainConfig.dataset), 1.0)] * (full.trials * len(full.seeds))
+    def full_runs(self) -> list[tuple[str, float, str]]:
+        full, dataset = SCALES["full"], dict(self.options).get("dataset", TrainConfig.dataset)
+        return [(dataset, 1.0, f"{self.folder}/{flags(self.options)}/{i}") for i in range(full.trials * len(full.seeds))]
 
 
 RESTARTS = {"masks": ("--masks-from", "rigl-from-sm"), "densities": ("--densities-from", "rigl-at-sm-densities")}
@@ -176,16 +211,17 @@ class Restart:
     reading: str
     """A key of RESTARTS."""
 
-    def left_out(self, scale: Scale) -> bool:
-        """A restart at a density that the scale leaves out of its source sweep."""
-        return float(self.density) not in self.source.grid(scale)["densities"]
+    def left_out(self, scale: Scale, part: Part = WHOLE) -> bool:
+        """A restart at a density that the scale or the part leaves out of its source sweep."""
+        return (float(self.density) not in self.source.grid(scale)["densities"]
+                or not (part.keeps("methods", "rigl") and part.keeps("densities", self.density)))
 
-    def commands(self, scale: Scale, root: str) -> list[list[str]]:
-        if self.left_out(scale):
+    def commands(self, scale: Scale, root: str, part: Part = WHOLE) -> list[list[str]]:
+        if self.left_out(scale, part):
             return []
         option, prefix = RESTARTS[self.reading]
         found = []
-        for seed in scale.seeds:
+        for seed in part.seeds_of(scale):
             source = self.source.run_dir(scale, root, method="rigl-sm", distribution=self.distribution,
                                          density=float(self.density), seed=seed)
             step = ("train", "--method", "rigl", "--distribution", self.distribution, "--density", self.density,
@@ -196,8 +232,9 @@ class Restart:
             found.append(list(step + own_options(scale, step)))
         return found
 
-    def full_runs(self) -> list[tuple[str, float]]:
-        return [(self.source.dataset(), TrainConfig.multiplier)] * len(self.commands(SCALES["full"], "ROOT"))
+    def full_runs(self) -> list[tuple[str, float, str]]:
+        return [(self.source.dataset(), TrainConfig.multiplier, command[command.index("--out") + 1])
+                for command in self.commands(SCALES["full"], "ROOT")]
 
 
 @dataclass(frozen=True)
@@ -205,13 +242,17 @@ class Report:
     """`python rigl.py report ROOT/FOLDER`: the tables and figures of the runs under it."""
 
     folder: str
+    dataset: str = TrainConfig.dataset
+    """The dataset whose published numbers the runs are held against: at a scale that trains on
+    synthetic data instead, the report is told (--published-dataset)."""
 
-    def commands(self, scale: Scale, root: str) -> list[list[str]]:
+    def commands(self, scale: Scale, root: str, part: Part = WHOLE) -> list[list[str]]:
         """The report, comparing (α, ΔT) with the scale's reference point (α = 0.3, the scale's ΔT)."""
         reference = () if scale.update_interval is None else ("--reference-interval", str(scale.update_interval))
-        return [["report", f"{root}/{self.folder}", *reference]]
+        stand_in = ("--published-dataset", self.dataset) if "--dataset" in scale.options else ()
+        return [["report", f"{root}/{self.folder}", *reference, *stand_in]]
 
-    def full_runs(self) -> list[tuple[str, float]]:
+    def full_runs(self) -> list[tuple[str, float, str]]:
         return []
 
 
@@ -239,48 +280,70 @@ def tune(folder: str, **options: str) -> Tune:
 
 REDISTRIBUTION = sweep("redistribution", methods="rigl,rigl-sg,rigl-sm", distributions="uniform,erk",
                        densities="0.1,0.2")
+REDISTRIBUTION_CIFAR100 = sweep("redistribution-cifar100", methods="rigl,rigl-sg,rigl-sm", distributions="uniform,erk",
+                                densities="0.1,0.2", dataset="cifar100")
 LR_PAIRS = (("0.3", "100"), ("0.4", "200"), ("0.4", "500"), ("0.5", "750"))
 """(α, ΔT) of the report's learning-rate figure."""
+FIGURE_DENSITIES = "0.05,0.1,0.2,0.5"
+"""The densities of the report's main CIFAR-10 figure (Figure 1, RR's visualization/main_results.py)."""
+TUNED_DENSITIES = ("0.1", "0.2", "0.5")
+"""The densities of Table 4 and of the learning-rate figure (Figure 3), each with Random and ERK."""
+
+
+def restarts(source: Sweep) -> tuple[Restart, ...]:
+    """Table 5's restarts from RigL-SM's final distribution, both readings, of a redistribution sweep."""
+    return tuple(Restart(source, distribution, density, reading) for reading in RESTARTS
+                 for distribution in ("uniform", "erk") for density in ("0.1", "0.2"))
+
 
 STUDIES = {
     "table1": Study(
-        "Table 1: RigL (ERK) and dense on all 50,000 training images (no validation split)",
-        (sweep("table1", methods="dense,rigl", distributions="erk", densities="0.1,0.2,0.5", val_size="0"),
+        "Table 1: dense, Static (ERK), pruning and RigL (ERK) on all 50,000 training images (no validation split)",
+        (sweep("table1", methods="dense,static,rigl", distributions="erk", densities="0.1,0.2,0.5", val_size="0"),
+         sweep("table1", methods="pruning", distributions="uniform", densities="0.1,0.2,0.5", val_size="0"),
          Report("table1")),
         ("table1/report.md",)),
     "table2": Study(
-        "Table 2: CIFAR-10 WRN-22-2, every method at d = 0.1 and 0.2",
-        (sweep("table2", methods="dense,small-dense,static,set,rigl,snfs,pruning", distributions="uniform",
-               densities="0.1,0.2"),
-         sweep("table2", methods="set,rigl", distributions="erk", densities="0.1,0.2"),
-         sweep("table2", methods="rigl", multipliers="2", distributions="uniform,erk", densities="0.1,0.2"),
+        "Table 2 and Figure 1: CIFAR-10 WRN-22-2, every method at d = 0.1 and 0.2; Figure 1's panels (Random, "
+        "ERK, 2×) at d = 0.05, 0.1, 0.2, 0.5",
+        (sweep("table2", methods="dense,static,set,rigl,snfs,pruning", distributions="uniform",
+               densities=FIGURE_DENSITIES),
+         sweep("table2", methods="small-dense,pruning,lottery", distributions="uniform", densities="0.1,0.2"),
+         sweep("table2", methods="static,set,rigl,snfs", distributions="erk", densities=FIGURE_DENSITIES),
+         sweep("table2", methods="static,set,rigl", multipliers="2", distributions="uniform",
+               densities=FIGURE_DENSITIES),
+         sweep("table2", methods="snfs", multipliers="2", distributions="uniform", densities="0.1,0.2"),
+         sweep("table2", methods="rigl", multipliers="2", distributions="erk", densities="0.1,0.2"),
          Report("table2")),
         ("table2/report.md", "table2/figures/accuracy_vs_density.png", "table2/figures/accuracy_vs_flops.png")),
     "table3": Study(
-        "Table 3: CIFAR-100 ResNet-50 at d = 0.1 and 0.2",
-        (sweep("table3", methods="dense,static,rigl,snfs,pruning", distributions="uniform", densities="0.1,0.2",
+        "Table 3: CIFAR-100 ResNet-50, every method at d = 0.1 and 0.2",
+        (sweep("table3", methods="dense,small-dense,static,set,rigl,snfs,pruning,lottery", distributions="uniform",
+               densities="0.1,0.2", dataset="cifar100"),
+         sweep("table3", methods="static,set,rigl,snfs", distributions="erk", densities="0.1,0.2", dataset="cifar100"),
+         sweep("table3", methods="rigl", multipliers="2,3", distributions="uniform", densities="0.1,0.2",
                dataset="cifar100"),
-         sweep("table3", methods="rigl", distributions="erk", densities="0.1,0.2", dataset="cifar100"),
-         sweep("table3", methods="rigl", multipliers="3", distributions="uniform", densities="0.1,0.2",
-               dataset="cifar100"),
-         Report("table3")),
+         sweep("table3", methods="rigl", multipliers="2", distributions="erk", densities="0.1,0.2", dataset="cifar100"),
+         Report("table3", "cifar100")),
         ("table3/report.md",)),
     "table4": Study(
-        "Table 4 and the tuning contour: α and ΔT tuned by TPE per distribution at d = 0.1",
-        (tune("table4", distribution="uniform", density="0.1"), tune("table4", distribution="erk", density="0.1")),
+        "Table 4 and the tuning contour: α and ΔT tuned by TPE for Random and ERK at d = 0.1, 0.2 and 0.5",
+        tuple(tune("table4", distribution=distribution, density=density)
+              for distribution in ("uniform", "erk") for density in TUNED_DENSITIES),
         ("table4/tune.md", "table4/figures/tune-*-search.png")),
     "lr": Study(
-        "Learning-rate figure: RigL (ERK) d = 0.1 against lr, for four (α, ΔT)",
-        tuple(sweep("lr", methods="rigl", distributions="erk", densities="0.1", lrs="0.1,0.05,0.01,0.005",
-                    drop_fractions=alpha, update_intervals=interval) for alpha, interval in LR_PAIRS)
+        "Learning-rate figure: RigL against lr for four (α, ΔT), Random and ERK at d = 0.1, 0.2 and 0.5",
+        tuple(sweep("lr", methods="rigl", distributions="uniform,erk", densities=",".join(TUNED_DENSITIES),
+                    lrs="0.1,0.05,0.01,0.005", drop_fractions=alpha, update_intervals=interval)
+              for alpha, interval in LR_PAIRS)
         + (Report("lr"),),
         ("lr/figures/accuracy_vs_lr.png",)),
     "table5": Study(
-        "Table 5: redistribution (RigL-SG, RigL-SM) and RigL restarted from RigL-SM's final masks or densities",
-        (REDISTRIBUTION,) + tuple(Restart(REDISTRIBUTION, distribution, density, reading) for reading in RESTARTS
-                                  for distribution in ("uniform", "erk") for density in ("0.1", "0.2"))
-        + (Report("redistribution"),),
-        ("redistribution/report.md",)),
+        "Table 5: redistribution (RigL-SG, RigL-SM) and RigL restarted from RigL-SM's final masks or densities, "
+        "CIFAR-10 and CIFAR-100",
+        (REDISTRIBUTION, *restarts(REDISTRIBUTION), Report("redistribution"),
+         REDISTRIBUTION_CIFAR100, *restarts(REDISTRIBUTION_CIFAR100), Report("redistribution-cifar100", "cifar100")),
+        ("redistribution/report.md", "redistribution-cifar100/report.md")),
     "density-evolution": Study(
         "Density distribution evolution: forward FLOPs over training, final layer densities side by side",
         (REDISTRIBUTION, Report("redistribution")),
@@ -296,13 +359,18 @@ STUDIES = {
                dataset="cifar100"),
          sweep("distributions-cifar100/fixed-flops", methods="rigl", distributions="erk", densities="0.1,0.2,0.5",
                match_flops="uniform", dataset="cifar100"),
-         Report("distributions-cifar100")),
+         Report("distributions-cifar100", "cifar100")),
         ("distributions/figures/distributions_at_equal_flops.png", "distributions/figures/accuracy_vs_flops.png",
          "distributions-cifar100/figures/distributions_at_equal_flops.png")),
     "rigl-struct": Study(
-        "Supplement, Dynamic Structured Sparsity: RigL-struct (kernel-level masks) beside RigL",
-        (sweep("struct", methods="rigl,rigl-struct", distributions="uniform,er", densities="0.1,0.2"), Report("struct")),
-        ("struct/report.md",)),
+        "Supplement, Dynamic Structured Sparsity: RigL-struct (kernel-level masks) beside RigL and Small-Dense, "
+        "CIFAR-10 and CIFAR-100",
+        (sweep("struct", methods="small-dense,rigl,rigl-struct", distributions="uniform,er", densities="0.1,0.2"),
+         Report("struct"),
+         sweep("struct-cifar100", methods="small-dense,rigl,rigl-struct", distributions="uniform,er",
+               densities="0.1,0.2", dataset="cifar100"),
+         Report("struct-cifar100", "cifar100")),
+        ("struct/report.md", "struct-cifar100/report.md")),
     "findings": Study(
         "The report's three findings at one size: RigL against static, SET and SNFS at d = 0.05 (uniform and "
         "ERK); RigL 2× against pruning; α and ΔT around the reference point at d = 0.1 and 0.2 (ERK)",
@@ -318,16 +386,33 @@ STUDIES = {
 findings study, which holds the report's three findings to one size (docs/results.md)."""
 
 
-def commands(study: Study, scale: Scale, root: str, extra: tuple[str, ...] = ()) -> list[list[str]]:
-    """The study's commands at `scale` under `root`, each ready for the command line; `extra`
-    options go to every sweep, tune and train, after the scale's."""
+def commands(study: Study, scale: Scale, root: str, extra: tuple[str, ...] = (),
+             part: Part = WHOLE) -> list[list[str]]:
+    """The study's commands at `scale` under `root` (of `part` only), each ready for the command line;
+    `extra` options go to every sweep, tune and train, after the scale's."""
     return [command + (list(extra) if command[0] != "report" else [])
-            for step in study.steps for command in step.commands(scale, root)]
+            for step in study.steps for command in step.commands(scale, root, part)]
+
+
+def run_dirs(study: Study, scale: Scale, root: str, part: Part = WHOLE) -> list[str]:
+    """The run directory of every sweep cell and restart of the study at `scale` (of `part`), each
+    once, as the commands name them; tune's trials are counted by tune itself."""
+    found = {}
+    for step in study.steps:
+        if isinstance(step, Sweep) and step.commands(scale, root, part):
+            grid = step.grid(scale, part)
+            chosen = cells(grid)
+            found.update({f"{root}/{step.folder}/{run_name(c, varied_fields(grid, chosen))}": None for c in chosen})
+        elif isinstance(step, Restart):
+            found.update({c[c.index("--out") + 1]: None for c in step.commands(scale, root, part)})
+    return list(found)
 
 
 def full_runs(study: Study) -> list[tuple[str, float]]:
-    """(dataset, multiplier) of every training run of the study at full length, each once."""
-    return [run for step in study.steps for run in step.full_runs()]
+    """(dataset, multiplier) of every training run of the study at full length, each once: a run two
+    of its steps plan (Table 2's pruning cells, which its lottery sweep needs too) counts once."""
+    found = {run_dir: (dataset, multiplier) for step in study.steps for dataset, multiplier, run_dir in step.full_runs()}
+    return list(found.values())
 
 
 def default_of(field: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from rigl import Method
-from rigl_harness import comparisons, figures, labels, report
+from rigl_harness import comparisons, figures, labels, published, report
 
 
 # --- report.py ------------------------------------------------------------------------------------
@@ -23,14 +23,14 @@ LAYERS = {"conv1.weight": (16, 3, 3, 3), "group1.0.conv1.weight": (32, 16, 3, 3)
 
 def fake_run(root, name, method, distribution, density, seed, test_acc, multiplier=1.0,
              drop_fraction=0.3, update_interval=100, flops=(0.35, 0.35), history=3,
-             layers=LAYERS, explored=None, flops_history=(), val_acc=None):
+             layers=LAYERS, explored=None, flops_history=(), val_acc=None, train=None):
     """A finished run directory as `train` writes it: config.json, summary.json, densities.jsonl
     with epochs 0..history (densities drift a little) and metrics.jsonl with one record per epoch,
     its forward FLOPs ratio `flops_history` (default: the summary's, every epoch)."""
     out = root / name
     out.mkdir(parents=True)
     config = {"train": {"dataset": "cifar10", "model": "wrn-22-2", "epochs": 250,
-                        "multiplier": multiplier, "seed": seed},
+                        "multiplier": multiplier, "seed": seed, **(train or {})},
               "sparsity": {"method": method, "density": density, "distribution": distribution,
                            "drop_fraction": drop_fraction, "update_interval": update_interval},
               "torch": "2.x", "git_commit": None}
@@ -151,7 +151,8 @@ def test_make_report_writes_and_prints_every_file(tmp_path):
     console = Console(file=io.StringIO(), width=300)
     result = report.make_report(sweep(tmp_path), console)
     figures = tmp_path / "figures"
-    expected = [figures / "accuracy_vs_density.png", figures / "accuracy_vs_flops.png",
+    expected = [figures / "accuracy_vs_density.png", figures / "accuracy_vs_density_panels.png",
+                figures / "accuracy_vs_flops.png",
                 figures / "layer_densities.png",
                 figures / "density_over_training_cifar10-wrn-22-2-rigl-sg-erk-d0.1-x1-a0.3-dt100.png",
                 figures / "flops_over_training_cifar10-wrn-22-2-d0.1.png",
@@ -413,3 +414,60 @@ def test_report_writes_the_comparisons_and_one_csv_row_per_run(tmp_path):
     row = next(r for r in per_run if r["path"] == "grid-a0.5-dt25-s2")
     assert (row["method"], row["distribution"], row["seed"], row["steps"]) == ("rigl", "erk", "2", "87891")
     assert (float(row["test_acc"]), float(row["val_acc"]), float(row["drop_fraction"])) == (70.9, 71.0, 0.5)
+
+
+# --- published.py -------------------------------------------------------------------------------
+
+
+def test_the_transcription_has_every_row_of_the_reports_tables():
+    cells = published.read()
+    def rows(item):
+        return {(c["method"], c["distribution"], c["multiplier"], c.get("origin")) for c in cells if c["item"] == item}
+    assert len(rows("table2")) == 16 and len(rows("table3")) == 15  # with the dense baseline
+    assert {c["density"] for c in cells if c["item"] in ("table2", "table3") and c["method"] != "dense"} == {0.1, 0.2}
+    assert len([c for c in cells if c["item"] == "table1"]) == len([c for c in cells if c["item"] == "table1-paper"]) == 10
+    assert len([c for c in cells if c["item"] == "table4-optimal"]) == 6
+    for cell in cells:  # every accuracy a percentage, every std a spread, every key in our terms
+        assert (cell["mean"] is None and "not legible" in cell["note"]) or 60 < cell["mean"] < 100, cell
+        assert cell["std"] is None or 0 <= cell["std"] < 20, cell
+        assert cell["method"] in get_args(Method) and cell["dataset"] in ("cifar10", "cifar100"), cell
+    # the report contradicts itself: RigL at d = 0.2 is 92.6 in Table 2 and 92.9 in Table 5; both are kept
+    both = [c["mean"] for c in cells if published.key_of(c) == ("cifar10", "rigl", "uniform", 1.0, 0.2, "")
+            and c["item"] in ("table2", "table5")]
+    assert both == [92.6, 92.9]
+
+
+def test_our_rows_sit_beside_the_reports_and_only_full_length_ones_are_compared(tmp_path):
+    full = {"batch_size": 128, "val_size": 5000}
+    for seed, acc in enumerate([92.0, 92.5, 93.0]):
+        fake_run(tmp_path / "t2", f"rigl-erk-s{seed}", "rigl", "erk", 0.1, seed, acc, train=full)
+        fake_run(tmp_path / "t2", f"rigl-erk-a0.5-s{seed}", "rigl", "erk", 0.1, seed, acc, drop_fraction=0.5, train=full)
+        fake_run(tmp_path / "t1", f"rigl-erk-s{seed}", "rigl", "erk", 0.1, seed, acc, train={**full, "val_size": 0})
+        fake_run(tmp_path / "short", f"rigl-erk-s{seed}", "rigl", "erk", 0.1, seed, acc,
+                 train={**full, "train_subset": 5000})
+    report.make_report(tmp_path / "t2", Console(file=io.StringIO(), width=400))
+    markdown = (tmp_path / "t2" / "report.md").read_text(encoding="utf-8")
+    # Table 2's RigL (ERK) at d = 0.1 is 92.4 ± 0.06: ours 92.50 ± 0.50 over 3 seeds, +0.10, within noise
+    assert "| RigL (ERK) | 0.1 | 92.50 ± 0.50 (3) | 92.4 ± 0.06 (table2) |  | +0.10 [" in markdown
+    assert "| within noise |" in markdown and "α=0.5 | 0.1 |" not in markdown  # the grid point is not the report's row
+    with open(tmp_path / "t2" / "report.csv", newline="", encoding="utf-8") as f:
+        row = next(r for r in csv.DictReader(f) if r["drop_fraction"] == "0.3")
+    assert (row["published_item"], float(row["published_mean"]), row["verdict"]) == ("table2", 92.4, "within noise")
+    report.make_report(tmp_path / "t1", Console(file=io.StringIO(), width=400))
+    assert "| RigL (ERK) | 0.1 | 92.50 ± 0.50 (3) | 93.2 (table1) | 93.1 |  | no interval |" in \
+        (tmp_path / "t1" / "report.md").read_text(encoding="utf-8")  # Table 1 prints no std
+    printed = io.StringIO()
+    report.make_report(tmp_path / "short", Console(file=printed, width=400))
+    markdown = (tmp_path / "short" / "report.md").read_text(encoding="utf-8")
+    assert report.SHORTER_CAPTION in markdown and "| 92.4 ± 0.06 (table2) |  |  | other budget |" in markdown
+    assert "another budget" in printed.getvalue()
+
+
+def test_figure_1_is_drawn_in_panels_when_two_panels_have_lines(tmp_path):
+    groups = report.aggregate(report.collect_runs(sweep(tmp_path)))  # RigL uniform and ERK at d = 0.1, 0.2
+    drawn = figures.plot_accuracy_vs_density_panels(groups, tmp_path / "panels.png")
+    assert drawn == tmp_path / "panels.png"
+    assert_png(drawn)
+    only_erk = [g for g in groups if g["distribution"] != "uniform"]
+    assert figures.plot_accuracy_vs_density_panels(only_erk, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
