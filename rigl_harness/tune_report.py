@@ -7,14 +7,16 @@ import io
 import statistics
 from pathlib import Path
 
-from rigl_harness import comparisons, figures, labels, report, runs
+from rigl_harness import comparisons, figures, labels, published, report, runs
 
 COLUMNS = ("method", "distribution", "density", "trials", "reference_val_mean", "reference_val_std",
            "reference_test_mean", "reference_test_std", "best_trial", "best_drop_fraction",
            "best_update_interval", "best_val_mean", "best_val_std", "best_test_mean", "best_test_std", "seeds",
-           "difference", "low", "high", "verdict")
+           "difference", "low", "high", "verdict", "published_reference", "published_optimum",
+           "published_alpha", "published_interval")
 """ROOT/tune.csv: one row per study, accuracies in %, std the sample std over seeds; the best trial's
-test accuracy minus the reference's, its 95% Welch interval (comparisons.py) and the verdict."""
+test accuracy minus the reference's, its 95% Welch interval (comparisons.py) and the verdict; the
+report's Table 4 beside it (published.csv): its reference and its optimum with that optimum's (α, ΔT)."""
 
 
 def finished_trials(study) -> list:
@@ -54,7 +56,23 @@ def study_row(root: Path, study) -> dict | None:
                low=interval and interval["low"], high=interval and interval["high"],
                verdict="the reference is the best trial" if best is reference[0]
                else comparisons.verdict(interval, "best", "reference"))
+    row.update(table_4(study.user_attrs["config"]))
     return row
+
+
+def table_4(config: dict) -> dict:
+    """The report's Table 4 cells of this search's (distribution, density), on CIFAR-10 (or synthetic
+    data standing in for it): {} where the report has none."""
+    if config["train"]["dataset"] not in ("cifar10", "synthetic"):
+        return {}
+    sparsity = config["sparsity"]
+    found = {c["item"]: c for c in published.read() if c["item"].startswith("table4-") and c["method"] == sparsity["method"]
+             and (c["distribution"], c["density"]) == (sparsity["distribution"], sparsity["density"])}
+    if not found:
+        return {}
+    optimum = found["table4-optimal"]
+    return {"published_reference": found["table4-reference"]["mean"], "published_optimum": optimum["mean"],
+            "published_alpha": optimum["drop_fraction"], "published_interval": int(optimum["update_interval"])}
 
 
 def pm(row: dict, key: str) -> str:
@@ -63,19 +81,28 @@ def pm(row: dict, key: str) -> str:
     return f"{row[key + '_mean']:.2f}{spread}"
 
 
+def published_cell(row: dict, key: str) -> str:
+    return "" if row.get(key) is None else f"{row[key]:g}"
+
+
 def markdown(rows: list[dict]) -> str:
     """Table 4's layout: per (distribution, density), the reference against the best trial."""
     lines = ["Accuracy (%) on the validation and the test set, mean ± sample std over seeds, of the "
              "reference (α = 0.3, ΔT = 100) and of the trial with the best mean validation accuracy; then the "
              f"best's test accuracy minus the reference's, with its {comparisons.CONFIDENCE:.0%} interval "
-             "(Welch), and the verdict.", "",
+             "(Welch), and the verdict; last, the report's Table 4 (full length, CIFAR-10: another budget unless "
+             "these runs are too): its reference's test accuracy and its optimum's, with that optimum's (α, ΔT).", "",
              "| method | distribution | density | trials | seeds | reference val | reference test | best α | best ΔT "
-             "| best val | best test | best − reference | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| best val | best test | best − reference | verdict | report: reference | report: optimum (α, ΔT) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {labels.method_name(r['method'])} | {r['distribution']} | {r['density']:g} | {r['trials']} "
                      f"| {r['seeds']} | {pm(r, 'reference_val')} | {pm(r, 'reference_test')} "
                      f"| {r['best_drop_fraction']:g} | {r['best_update_interval']} | {pm(r, 'best_val')} "
-                     f"| {pm(r, 'best_test')} | {comparisons.format_interval(r)} | {r['verdict']} |")
+                     f"| {pm(r, 'best_test')} | {comparisons.format_interval(r)} | {r['verdict']} "
+                     f"| {published_cell(r, 'published_reference')} | {published_cell(r, 'published_optimum')}"
+                     + (f" ({r['published_alpha']:g}, {r['published_interval']})" if r.get("published_alpha") else "")
+                     + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -92,10 +119,16 @@ def write_tables(root: Path, rows: list[dict]) -> list[Path]:
 
 
 def plot_search(study, row: dict, path: Path) -> Path:
-    """α × ΔT of every finished trial coloured by its validation accuracy; the reference and the
-    best trial marked."""
+    """α × ΔT of every finished trial coloured by its validation accuracy, over the surface they span
+    (from four trials on); the reference and the best trial marked."""
     figure, ax = figures.new_axes(7, 4.5)
     trials = finished_trials(study)
+    alphas, intervals = [t.params["drop_fraction"] for t in trials], [t.params["update_interval"] for t in trials]
+    if len(trials) >= 4:  # the contour of the report's supplement: validation accuracy interpolated between trials
+        try:
+            ax.tricontourf(alphas, intervals, [t.value for t in trials], levels=12, cmap="viridis", alpha=0.45)
+        except (RuntimeError, ValueError):  # trials on one line: no surface between them
+            pass
     points = ax.scatter([t.params["drop_fraction"] for t in trials], [t.params["update_interval"] for t in trials],
                         c=[t.value for t in trials], cmap="viridis", s=50, edgecolors="black", linewidths=0.5)
     figure.colorbar(points, ax=ax, label="validation accuracy (%), mean over seeds")
