@@ -337,7 +337,7 @@ def reproduce_command(
     study: Annotated[StudyName, typer.Argument(help="The report's table or figure (docs/report-map.md).")],
     root: Annotated[str, typer.Argument(help="Directory of the study's sweeps, studies and reports.")],
     scale: Annotated[ScaleName, typer.Option(
-        help="full: the report's runs; laptop: real CIFAR, 4 min a run on a CPU core; cpu: synthetic data, "
+        help="full: the report's runs; laptop: real CIFAR, about 2 min a run on 2 cores; cpu: synthetic data, "
              "minutes; smoke: the tests' size.")] = "full",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands; run nothing.")] = False,
     methods: Annotated[Optional[str], typer.Option(
@@ -404,6 +404,15 @@ def print_progress(study: studies.Study, scale: studies.Scale, root: str, part: 
     if part != studies.WHOLE:
         line += f" ({finished(studies.run_dirs(study, scale, root, part))} of this part)"
     console.print(line, highlight=False, soft_wrap=True)
+    missing = [os.path.relpath(d, root) for d in whole if not Path(d, "summary.json").is_file()]
+    if missing:
+        more = f" and {len(missing) - SHOWN_MISSING} more" if len(missing) > SHOWN_MISSING else ""
+        console.print(f"still to run: {', '.join(missing[:SHOWN_MISSING])}{more}",
+                      highlight=False, soft_wrap=True)
+
+
+SHOWN_MISSING = 12
+"""At most this many of a study's unfinished run directories are named after a reproduce."""
 
 
 DATA_DIR_VARIABLE = "RIGL_DATA_DIR"

@@ -82,24 +82,30 @@ def lookup(group: dict, full_training_set: bool, cells: list[dict] | None = None
     return found
 
 
-def held_against(group: dict, cells: list[dict]) -> dict:
+def held_against(group: dict, cells: list[dict],
+                 reference_interval: int = SparsityConfig.update_interval) -> dict:
     """One of our groups beside its published cell: the report's mean ± std and item, Table 1's
     paper value, and, for a full-length group, ours minus the report's with its Welch interval
-    (three seeds on the report's side) and a verdict; {} where the report has no such row.
-    A row at another α, learning rate or (at full length) ΔT than the paper's is not the report's row."""
+    (three seeds on the report's side; over our seeds alone where the report prints no std, as
+    Table 1) and a verdict; {} where the report has no such row.
+    A row at another α or learning rate than the paper's, or at another ΔT than the reference
+    (the paper's 100; a shorter study's own, which stands for it), is not the report's row."""
     if group["method"] in DROP_AND_GROW and group["drop_fraction"] != SparsityConfig.drop_fraction:
         return {}
-    if "lr=" in group.get("variant", "") or (group["full_length"] and group["method"] in CHANGES_EVERY_INTERVAL
-                                            and group["update_interval"] != SparsityConfig.update_interval):
+    if "lr=" in group.get("variant", "") or (group["method"] in CHANGES_EVERY_INTERVAL
+                                            and group["update_interval"] != reference_interval):
         return {}
     found = lookup(group, full_training_set=group.get("val_size") == 0, cells=cells)
     if not found:
         return {}
     result = {"published_item": found["item"], "published_mean": found["mean"], "published_std": found["std"],
               "paper_mean": found.get("paper"), "published_note": found["note"]}
-    if group["full_length"] and found["std"] is not None and group["n"] > 1:
+    if group["full_length"] and group["n"] > 1:
+        # Table 1 prints no std: its value is then taken as exact, and the interval is our seeds' alone
+        # (Welch with a zero spread on one side is the one-sample t interval, n − 1 degrees of freedom).
+        theirs = 0.0 if found["std"] is None else found["std"]
         interval = comparisons.welch_from_moments((group["test_mean"], group["test_std"], group["n"]),
-                                                  (found["mean"], found["std"], REPORT_SEEDS))
+                                                  (found["mean"], theirs, REPORT_SEEDS))
         result.update(difference=interval["difference"], low=interval["low"], high=interval["high"],
                       verdict="ours higher" if interval["low"] > 0 else "ours lower" if interval["high"] < 0
                       else "within noise")

@@ -52,7 +52,7 @@ SCALES = {
 }
 """full: the report's recipes and seeds. laptop: WRN-10-1 on 33,000 real training images for 2 epochs
 (516 steps, ΔT = 25, so 15 mask updates before T_end), 2,000 others held out for validation, the
-whole test set, three seeds: about 4 minutes a run on one core of a laptop, the findings study's size.
+whole test set, three seeds: about 2 minutes a run on a 2-core machine, the findings study's size.
 cpu: WRN-10-1 on 512 synthetic images for 3 epochs (24 steps, ΔT = 4), two seeds, minutes per study
 on a laptop. smoke: one seed, 4 steps of 16 images, 64
 test images, the first density and two learning rates of each grid: every command of every study,

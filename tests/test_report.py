@@ -454,13 +454,21 @@ def test_our_rows_sit_beside_the_reports_and_only_full_length_ones_are_compared(
         row = next(r for r in csv.DictReader(f) if r["drop_fraction"] == "0.3")
     assert (row["published_item"], float(row["published_mean"]), row["verdict"]) == ("table2", 92.4, "within noise")
     report.make_report(tmp_path / "t1", Console(file=io.StringIO(), width=400))
-    assert "| RigL (ERK) | 0.1 | 92.50 ± 0.50 (3) | 93.2 (table1) | 93.1 |  | no interval |" in \
-        (tmp_path / "t1" / "report.md").read_text(encoding="utf-8")  # Table 1 prints no std
+    # Table 1 prints no std: 92.50 − 93.2 = −0.70 over our three seeds alone, t(0.975, 2) · 0.50 / √3 = 1.24
+    assert "| RigL (ERK) | 0.1 | 92.50 ± 0.50 (3) | 93.2 (table1) | 93.1 | -0.70 [-1.94, +0.54] | within noise |" \
+        in (tmp_path / "t1" / "report.md").read_text(encoding="utf-8")
+    for seed, acc in enumerate([46.0, 46.5, 47.0]):  # a shorter study's reference ΔT = 25 and a grid point
+        for interval in (25, 50):
+            fake_run(tmp_path / "short", f"rigl-erk-dt{interval}-s{seed}", "rigl", "erk", 0.1, seed, acc,
+                     update_interval=interval, train={**full, "train_subset": 5000})
     printed = io.StringIO()
-    report.make_report(tmp_path / "short", Console(file=printed, width=400))
+    report.make_report(tmp_path / "short", Console(file=printed, width=400), reference_interval=25)
     markdown = (tmp_path / "short" / "report.md").read_text(encoding="utf-8")
     assert report.SHORTER_CAPTION in markdown and "| 92.4 ± 0.06 (table2) |  |  | other budget |" in markdown
     assert "another budget" in printed.getvalue()
+    beside = markdown.split(report.SHORTER_CAPTION)[1].split("Comparisons")[0]
+    assert "| RigL (ERK) ΔT=25 | 0.1 | 46.50 ± 0.50 (3) | 92.4 ± 0.06 (table2) |" in beside
+    assert beside.count("| RigL (ERK)") == 1  # ΔT = 50 and 100 are not the report's row here: not the reference
 
 
 def test_figure_1_is_drawn_in_panels_when_two_panels_have_lines(tmp_path):

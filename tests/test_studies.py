@@ -2,6 +2,7 @@
 its smallest size, draws its outputs, and is listed with its commands in docs/report-map.md."""
 
 import io
+import os
 import re
 import shutil
 
@@ -264,9 +265,13 @@ def test_a_part_runs_alone_and_the_study_counts_what_is_done(tmp_path, monkeypat
             cli.app(["reproduce", "table1", str(tmp_path), "--scale", "smoke", *part], prog_name="rigl.py")
         assert done.value.code == 0
         return printed.getvalue()
-    planned = len(studies.run_dirs(STUDIES["table1"], SCALES["smoke"], str(tmp_path)))
-    assert f"finished under {tmp_path}: 1 of {planned} runs of the study (1 of 1 of this part)" in reproduce(
-        "--methods", "dense")
+    planned = studies.run_dirs(STUDIES["table1"], SCALES["smoke"], str(tmp_path))
+    printed = reproduce("--methods", "dense")
+    assert f"finished under {tmp_path}: 1 of {len(planned)} runs of the study (1 of 1 of this part)" in printed
     [only] = tmp_path.glob("table1/*/summary.json")
     assert only.parent.name.startswith("dense-")
-    assert f"finished under {tmp_path}: {planned} of {planned} runs of the study" in reproduce()
+    still = [os.path.relpath(d, tmp_path) for d in planned if not d.endswith(only.parent.name)]
+    assert f"still to run: {', '.join(still)}\n" in printed  # what is missing, by name
+    printed = reproduce()
+    assert f"finished under {tmp_path}: {len(planned)} of {len(planned)} runs of the study" in printed
+    assert "still to run" not in printed
