@@ -5,8 +5,14 @@ import os
 import subprocess
 
 import pytest
+import torch
 
 from helpers import SMOKE, cli
+
+# One thread, here and in every command a test starts: the tests' tensors are small, and on a loaded
+# 2-core machine a second thread only waits for the first (a test asserts no timing either way).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
