@@ -65,11 +65,17 @@ def items_for(dataset: str, full_training_set: bool) -> tuple[str, ...]:
         dataset, ())
 
 
+RESTART_READINGS = ("from RigL-SM's masks", "at RigL-SM's densities")
+"""Our rows of Table 5's "RigL restarted with RigL-SM's final distribution", both readings (report's
+origin_of): each is held against the table's one published row ("restart" in published.csv)."""
+
+
 def lookup(group: dict, full_training_set: bool, cells: list[dict] | None = None) -> dict:
     """The published cell of one of our groups ({} if the report has none), and on Table 1 the
     paper's value beside it ("paper")."""
     cells = read() if cells is None else cells
-    key = key_of({**group, "origin": "" if group.get("origin") in (None, "") else group["origin"]})
+    origin = group.get("origin") or ""
+    key = key_of({**group, "origin": "restart" if origin in RESTART_READINGS else origin})
     found = {}
     for item in items_for(group["dataset"], full_training_set):
         match = [c for c in cells if c["item"] == item and key_of(c) == key and c["mean"] is not None]

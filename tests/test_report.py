@@ -471,6 +471,20 @@ def test_our_rows_sit_beside_the_reports_and_only_full_length_ones_are_compared(
     assert beside.count("| RigL (ERK)") == 1  # ΔT = 50 and 100 are not the report's row here: not the reference
 
 
+def test_both_readings_of_table_5s_restart_sit_beside_its_one_published_row(tmp_path):
+    for seed, acc in enumerate([90.0, 90.5, 91.0]):
+        for option, reading in (("masks_from", "masks"), ("densities_from", "densities")):
+            run = fake_run(tmp_path, f"{reading}-s{seed}", "rigl", "uniform", 0.1, seed, acc,
+                           train={"batch_size": 128, "val_size": 5000})
+            config = json.loads((run / "config.json").read_text())
+            config["derived_from"] = {option: {"path": f"/runs/sm-s{seed}", "method": "rigl-sm"}}
+            (run / "config.json").write_text(json.dumps(config))
+    report.make_report(tmp_path, Console(file=io.StringIO(), width=400))
+    markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
+    for reading in ("from RigL-SM's masks", "at RigL-SM's densities"):  # Table 5: 90.3 ± 0.34
+        assert f"| RigL {reading} | 0.1 | 90.50 ± 0.50 (3) | 90.3 ± 0.34 (table5) |" in markdown
+
+
 def test_figure_1_is_drawn_in_panels_when_two_panels_have_lines(tmp_path):
     groups = report.aggregate(report.collect_runs(sweep(tmp_path)))  # RigL uniform and ERK at d = 0.1, 0.2
     drawn = figures.plot_accuracy_vs_density_panels(groups, tmp_path / "panels.png")
