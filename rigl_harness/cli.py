@@ -356,7 +356,8 @@ def reproduce_command(
         chosen = studies.STUDIES[study]
         check_passed_on(ctx, chosen)
         extra, part = tuple(ctx.args), study_part(methods, densities, seeds)
-        if all(command[0] == "report" for command in studies.commands(chosen, studies.SCALES[scale], root, (), part)):
+        planned = studies.commands(chosen, studies.SCALES[scale], root, (), part)
+        if all(command[0] == "report" for command in planned):
             raise runs.UsageError(f"the chosen part holds none of {study}'s runs at the {scale} scale: "
                                   f"see its plan with --dry-run")
         if not dry_run and "--dataset" not in studies.SCALES[scale].options:
@@ -367,14 +368,19 @@ def reproduce_command(
                       highlight=False, soft_wrap=True)
         if not dry_run:
             claim_scale(Path(root), scale)
-        for i, command in enumerate(found, 1):
-            step = command if dry_run else study_step(command)
-            done = "" if step else ": done"
-            console.print(f"[{i}/{len(found)}] python rigl.py {shlex.join(command)}{done}",
-                          highlight=False, soft_wrap=True)
-            if step and not dry_run:
-                run_command(step)
+        run_steps(found, dry_run, console)
         print_progress(chosen, studies.SCALES[scale], root, part, console)
+
+
+def run_steps(found: list[list[str]], dry_run: bool, console) -> None:
+    """Print each of a study's commands and run it, but a step whose runs are all finished ("done")."""
+    for i, command in enumerate(found, 1):
+        step = command if dry_run else study_step(command)
+        done = "" if step else ": done"
+        console.print(f"[{i}/{len(found)}] python rigl.py {shlex.join(command)}{done}",
+                      highlight=False, soft_wrap=True)
+        if step and not dry_run:
+            run_command(step)
 
 
 def study_part(methods: str | None, densities: str | None, seeds: str | None) -> studies.Part:
@@ -395,8 +401,7 @@ def print_progress(study: studies.Study, scale: studies.Scale, root: str, part: 
     """How many of the study's sweep and restart runs (and of the part's) have finished under ROOT:
     what is done and what is missing, counted from the run directories (summary.json)."""
     def finished(dirs: list[str]) -> str:
-        done = sum(Path(d, "summary.json").is_file() for d in dirs)
-        return f"{done} of {len(dirs)}"
+        return f"{sum(Path(d, 'summary.json').is_file() for d in dirs)} of {len(dirs)}"
     whole = studies.run_dirs(study, scale, root)
     if not whole:
         return
